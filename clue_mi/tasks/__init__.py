@@ -1,0 +1,85 @@
+"""Task registry: ``tasks.get(name, model, n=..., seed=...)`` returns a ``Task``.
+
+Built-in tasks are generated locally and deterministically per seed (see ``builtin``); the real
+data sets of the CLUE paper load through ``datasets`` when online (see ``datasets``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from clue_mi.tasks import builtin
+from clue_mi.tasks.base import (
+    Example,
+    Generator,
+    PromptSet,
+    Task,
+    build_task,
+    choice_accuracy,
+    logit_metric,
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    generate: Generator
+
+
+REGISTRY: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec("capitals", "country -> capital recall (default forget set)", builtin.capitals),
+        TaskSpec("ioi", "indirect object identification (name mover)", builtin.ioi),
+        TaskSpec(
+            "greater_than", "'from 1732 to 17' -> a later year's tens digit", builtin.greater_than
+        ),
+        TaskSpec("gender", "pronoun after a gendered name", builtin.gender),
+        TaskSpec("induction", "continue a repeated random word sequence", builtin.induction),
+        TaskSpec("bool", "evaluate a boolean expression", builtin.boolean),
+        TaskSpec("arithmetic", "single-digit addition", builtin.arithmetic),
+        TaskSpec(
+            "sentiment", "positive/negative movie reviews (shipped sample)", builtin.sentiment
+        ),
+    ]
+}
+DEFAULT_FORGET = "capitals"
+DEFAULT_RETAIN = ("ioi", "greater_than", "gender", "induction")
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0) -> Task:
+    """Build task ``name`` for ``model`` (a TransformerBridge, or anything with ``.tokenizer``).
+
+    ``n`` prompt pairs for attribution and ``n_eval`` held-out pairs, all of one token length;
+    the same seed gives the same task.
+    """
+    if name not in REGISTRY:
+        raise KeyError(f"unknown task {name!r}; available: {', '.join(REGISTRY)}")
+    spec = REGISTRY[name]
+    tokenizer = getattr(model, "tokenizer", model)
+    # Generate generously: pairs of unequal length and minority lengths are dropped.
+    examples = spec.generate(random.Random(f"{name}:{seed}"), 6 * (n + n_eval) + 50)
+    task = build_task(name, spec.description, examples, tokenizer, n, n_eval)
+    task.info.update(seed=seed)
+    return task
+
+
+__all__ = [
+    "DEFAULT_FORGET",
+    "DEFAULT_RETAIN",
+    "Example",
+    "PromptSet",
+    "REGISTRY",
+    "Task",
+    "build_task",
+    "choice_accuracy",
+    "get",
+    "logit_metric",
+    "names",
+]

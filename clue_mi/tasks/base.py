@@ -1,0 +1,209 @@
+"""What a task is: paired clean/corrupted prompts with answer choices, and training text.
+
+A task is built from *examples*: a clean prompt, a corrupted prompt that should change the
+answer, and answer choices (token strings), some of them marked correct. ``build_task`` tokenizes
+them with the model's tokenizer, drops every pair whose clean and corrupted prompts differ in token
+length (never padding one of them, which would misalign positions), keeps the most common length
+so that a prompt set is one rectangular tensor, and splits the result into an attribution part and
+a held-out eval part.
+
+Metric (DESIGN.md §5): the mean logit of the correct choices minus the mean logit of the others,
+at the final position. With two choices (correct, counterfactual) it is the usual logit
+difference. Accuracy: the top-scoring choice is a correct one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item of a task before tokenization. ``choices[i]`` is correct iff ``good[i]``."""
+
+    clean: str
+    corrupted: str
+    choices: tuple[str, ...]
+    good: tuple[bool, ...]
+    # Full sentence used as training text (forget or retain text); default: clean + first good.
+    text: str | None = None
+
+    def sentence(self) -> str:
+        return self.text or self.clean + self.choices[self.good.index(True)]
+
+
+@dataclass
+class PromptSet:
+    """Tokenized prompts of one length, ready for batched attribution and evaluation."""
+
+    clean: list[str]
+    corrupted: list[str]
+    clean_tokens: Int[Tensor, "n pos"]
+    corrupted_tokens: Int[Tensor, "n pos"]
+    choices: Int[Tensor, "n k"]
+    good: Bool[Tensor, "n k"]
+    sentences: list[str]
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    @property
+    def correct(self) -> Int[Tensor, " n"]:
+        """The first correct choice of each prompt."""
+        return self.choices.gather(1, self.good.float().argmax(1, keepdim=True)).squeeze(1)
+
+    @property
+    def incorrect(self) -> Int[Tensor, " n"]:
+        """The first incorrect choice of each prompt (the counterfactual answer)."""
+        return self.choices.gather(1, (~self.good).float().argmax(1, keepdim=True)).squeeze(1)
+
+    def batches(self, batch_size: int):
+        """Yield ``(clean_tokens, corrupted_tokens, choices, good)`` slices of ``batch_size``."""
+        for start in range(0, len(self), batch_size):
+            end = start + batch_size
+            yield (
+                self.clean_tokens[start:end],
+                self.corrupted_tokens[start:end],
+                self.choices[start:end],
+                self.good[start:end],
+            )
+
+    def to(self, device: str | torch.device) -> PromptSet:
+        return PromptSet(
+            self.clean,
+            self.corrupted,
+            self.clean_tokens.to(device),
+            self.corrupted_tokens.to(device),
+            self.choices.to(device),
+            self.good.to(device),
+            self.sentences,
+        )
+
+
+@dataclass
+class Task:
+    """A task: prompts for circuit discovery, a held-out eval split, and training text.
+
+    ``train_text`` holds the full sentences of the attribution examples; ``eval_text`` those of
+    the eval split. Unlearning forgets ``train_text + eval_text`` of the forget task (the facts to
+    remove are exactly those the eval split asks about) and keeps ``train_text`` of retain tasks
+    (so retain utility is measured on examples the retain loss never saw).
+    """
+
+    name: str
+    description: str
+    prompts: PromptSet
+    eval: PromptSet
+    chance: float
+    n_dropped: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def train_text(self) -> list[str]:
+        return self.prompts.sentences
+
+    @property
+    def eval_text(self) -> list[str]:
+        return self.eval.sentences
+
+    @property
+    def eval_prompts(self) -> list[str]:
+        return self.eval.clean
+
+
+def logit_metric(
+    logits: Float[Tensor, "batch vocab"],
+    choices: Int[Tensor, "batch k"],
+    good: Bool[Tensor, "batch k"],
+) -> Float[Tensor, " batch"]:
+    """Mean logit of the correct choices minus mean logit of the wrong ones, per prompt."""
+    picked = logits.gather(1, choices)
+    good_f = good.to(picked.dtype)
+    return (picked * good_f).sum(1) / good_f.sum(1) - (picked * (1 - good_f)).sum(1) / (
+        1 - good_f
+    ).sum(1)
+
+
+def choice_accuracy(
+    logits: Float[Tensor, "batch vocab"],
+    choices: Int[Tensor, "batch k"],
+    good: Bool[Tensor, "batch k"],
+) -> Bool[Tensor, " batch"]:
+    """Whether the highest-scoring choice is a correct one."""
+    best = logits.gather(1, choices).argmax(1, keepdim=True)
+    return good.gather(1, best).squeeze(1)
+
+
+def tokenize(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` exactly as the model sees a prompt (BOS included if it adds one)."""
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def answer_token(tokenizer, answer: str) -> int:
+    """The first token of an answer continuation (answers are written with their leading space)."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    return int(ids[0])
+
+
+def build_task(
+    name: str,
+    description: str,
+    examples: Sequence[Example],
+    tokenizer,
+    n: int,
+    n_eval: int,
+    chance: float | None = None,
+) -> Task:
+    """Tokenize examples, enforce equal clean/corrupted lengths, and split attribution / eval.
+
+    Raises ``ValueError`` if fewer than ``n + n_eval`` usable examples remain.
+    """
+    rows = []
+    dropped = 0
+    for ex in examples:
+        clean_ids, corrupt_ids = tokenize(tokenizer, ex.clean), tokenize(tokenizer, ex.corrupted)
+        choice_ids = [answer_token(tokenizer, c) for c in ex.choices]
+        # Unequal lengths would misalign positions between the two runs; distinct choice tokens
+        # keep the metric and accuracy meaningful.
+        if len(clean_ids) != len(corrupt_ids) or len(set(choice_ids)) != len(choice_ids):
+            dropped += 1
+            continue
+        rows.append((ex, clean_ids, corrupt_ids, choice_ids))
+    if not rows:
+        raise ValueError(f"task {name!r}: no example survived tokenization")
+    modal_len, _ = Counter(len(r[1]) for r in rows).most_common(1)[0]
+    kept = [r for r in rows if len(r[1]) == modal_len]
+    dropped += len(rows) - len(kept)
+    if len(kept) < n + n_eval:
+        raise ValueError(
+            f"task {name!r}: only {len(kept)} usable prompt pairs of equal length, but "
+            f"n={n} + n_eval={n_eval} were asked for; ask for fewer"
+        )
+
+    def prompt_set(part) -> PromptSet:
+        return PromptSet(
+            clean=[r[0].clean for r in part],
+            corrupted=[r[0].corrupted for r in part],
+            clean_tokens=torch.tensor([r[1] for r in part]),
+            corrupted_tokens=torch.tensor([r[2] for r in part]),
+            choices=torch.tensor([r[3] for r in part]),
+            good=torch.tensor([list(r[0].good) for r in part]),
+            sentences=[r[0].sentence() for r in part],
+        )
+
+    prompts, held_out = prompt_set(kept[:n]), prompt_set(kept[n : n + n_eval])
+    if chance is None:
+        chance = float((held_out.good.float().mean(1)).mean())
+    return Task(name, description, prompts, held_out, chance, n_dropped=dropped)
+
+
+Generator = Callable[[random.Random, int], list[Example]]
