@@ -1,0 +1,552 @@
+"""Edge attribution (EAP, EAP-IG, exact patching), circuit runs, and faithfulness (DESIGN §5).
+
+Scores are a float64 CPU tensor aligned with ``graph.edges`` (``graph = graph_for(model)``);
+``graph.score_dict(scores)`` gives ``{(u, v): score}``. A score estimates the change of the
+metric M (mean over prompts of ``tasks.logit_metric`` at the final position) when the edge alone
+is patched:
+
+* **noising** starts from the clean run x and patches the edge with the corrupted run x̃:
+  ``score(u->v) ≈ M(x with u->v from x̃) - M(x) ≈ Σ (a_u(x̃) - a_u(x)) · ∂M/∂in_v |x``;
+* **denoising** starts from x̃ and patches the edge with x:
+  ``score(u->v) ≈ M(x̃ with u->v from x) - M(x̃) ≈ Σ (a_u(x) - a_u(x̃)) · ∂M/∂in_v |x̃``.
+
+The sums run over prompts, positions and d_model. A negative noising score means the edge is
+needed (corrupting it lowers M); a positive denoising score means the edge alone restores M.
+
+Methods: ``"eap"`` (one gradient at the start run: 2 forwards + 1 backward per batch);
+``"eap-ig"`` (gradients averaged over ``steps`` points ``e_start + (k/steps)(e_other - e_start)``,
+k = 0..steps-1, of the input embeddings, i.e. a left Riemann sum of integrated gradients that
+begins at the start run, as in Hanna et al. 2024; ``steps=1`` is EAP; the path is not symmetric,
+so noising and denoising scores differ as they should); ``"exact"`` (patch one edge at a time and
+re-run: the ground truth, one forward per edge and batch, for small models).
+
+Internal edges ``q/k/v -> head`` carry the receiver's *whole* input: their score is the effect
+of patching that q (or k, v) input as a whole, estimated as ``Σ (in(other) - in(start)) · ∂M/∂in``
+(the sum of the scores of all edges into that receiver) or, with ``"exact"``, measured by patching
+it. A key/value input is shared by the query heads of its KV group, so ``a{L}.g{G}.k -> a{L}.h{H}``
+has the same score for every H of the group.
+
+Circuit run: see :func:`circuit_run`. All computation happens on the model's device; weights are
+frozen during attribution (no parameter gradients are computed or left behind).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clue_mi.graph import (
+    EMBED_HOOK,
+    Circuit,
+    ComputationGraph,
+    HookSlot,
+    graph_for,
+    select_circuit,
+)
+from clue_mi.tasks.base import PromptSet, Task, logit_metric
+
+__all__ = [
+    "DIRECTIONS",
+    "METHODS",
+    "attribute",
+    "circuit_run",
+    "faithfulness",
+    "find_circuit",
+]
+
+DIRECTIONS = ("noising", "denoising")
+METHODS = ("eap", "eap-ig", "exact")
+
+FINAL_NORM_OUT = "ln_final.hook_out"
+
+SenderFn = Callable[[HookSlot, Tensor], None]
+ReceiverFn = Callable[[HookSlot, Tensor], Tensor | None]
+
+
+# -- plumbing ------------------------------------------------------------------------------------
+
+
+def _device(model) -> torch.device:
+    return next(model.original_model.parameters()).device
+
+
+def _prompts(task_or_prompts: Task | PromptSet) -> PromptSet:
+    return task_or_prompts.prompts if isinstance(task_or_prompts, Task) else task_or_prompts
+
+
+def _check(direction: str, method: str, steps: int) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+@contextmanager
+def _frozen(model) -> Iterator[None]:
+    """Switch off parameter gradients: attribution needs gradients w.r.t. activations only."""
+    params = {id(p): p for p in [*model.parameters(), *model.original_model.parameters()]}
+    saved = [(p, p.requires_grad) for p in params.values()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def _as4(act: Tensor, slot: HookSlot) -> Tensor:
+    """View an activation as ``[batch, pos, count, d_model]``."""
+    return act if slot.per_head else act.unsqueeze(2)
+
+
+def _from4(act4: Tensor, slot: HookSlot) -> Tensor:
+    return act4 if slot.per_head else act4.squeeze(2)
+
+
+def _forward(
+    model,
+    graph: ComputationGraph,
+    tokens: Int[Tensor, "batch pos"],
+    on_sender: SenderFn | None = None,
+    on_receiver: ReceiverFn | None = None,
+    embed: Callable[[Tensor], Tensor] | None = None,
+    receiver_slots: list[HookSlot] | None = None,
+    last_only: bool = False,
+) -> Float[Tensor, "batch pos vocab"]:
+    """One forward pass with sender reads, receiver edits, and an optional embedding override.
+
+    ``embed(e)`` returns the input node's output to use instead of ``e``; ``on_sender`` sees each
+    sender slot's ``[b, p, count, d]`` activation after that; ``on_receiver`` may return a new
+    ``[b, p, count, d]`` input for a receiver slot. ``last_only`` unembeds the final position
+    only (logits ``[b, 1, vocab]``): the metric needs no more, and the unembedding is the
+    costliest matmul of a small model with a large vocabulary.
+    """
+    hooks: list[tuple[str, Callable]] = []
+    if last_only:
+        hooks.append((FINAL_NORM_OUT, lambda act, hook: act[:, -1:]))
+    for slot in graph.sender_slots:
+        if on_sender is None and not (embed is not None and slot.hook == EMBED_HOOK):
+            continue
+
+        def read(act: Tensor, hook: Any, slot: HookSlot = slot) -> Tensor | None:
+            new = embed(act) if embed is not None and slot.hook == EMBED_HOOK else None
+            if on_sender is not None:
+                on_sender(slot, _as4(act if new is None else new, slot))
+            return new
+
+        hooks.append((slot.hook, read))
+    if on_receiver is not None:
+        for slot in graph.receiver_slots if receiver_slots is None else receiver_slots:
+
+            def edit(act: Tensor, hook: Any, slot: HookSlot = slot) -> Tensor | None:
+                assert on_receiver is not None
+                new = on_receiver(slot, _as4(act, slot))
+                return None if new is None else _from4(new, slot)
+
+            hooks.append((slot.hook, edit))
+    with model.hooks(fwd_hooks=hooks):
+        return model(tokens)
+
+
+def _metric_sum(
+    logits: Float[Tensor, "batch pos vocab"], choices: Tensor, good: Tensor
+) -> Float[Tensor, ""]:
+    return logit_metric(logits[:, -1], choices, good).sum()
+
+
+def _record_senders(buffer: Tensor, sign: float) -> SenderFn:
+    def record(slot: HookSlot, act: Tensor) -> None:
+        buffer[:, :, slot.start : slot.stop] += sign * act.detach()
+
+    return record
+
+
+def _cache_run(
+    model, graph: ComputationGraph, tokens: Tensor, last_only: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sender outputs ``[b,p,S,d]``, receiver inputs ``[b,p,R,d]``, embeddings, and logits."""
+    b, p = tokens.shape
+    dev = tokens.device
+    senders = torch.zeros(b, p, graph.n_senders, graph.d_model, device=dev)
+    receivers = torch.zeros(b, p, graph.n_receivers, graph.d_model, device=dev)
+    embeds: list[Tensor] = []
+
+    def on_sender(slot: HookSlot, act: Tensor) -> None:
+        senders[:, :, slot.start : slot.stop] = act
+        if slot.hook == EMBED_HOOK:
+            embeds.append(act.squeeze(2))
+
+    def on_receiver(slot: HookSlot, act: Tensor) -> None:
+        receivers[:, :, slot.start : slot.stop] = act
+        return None
+
+    with torch.no_grad():
+        logits = _forward(model, graph, tokens, on_sender, on_receiver, last_only=last_only)
+    return senders, receivers, embeds[0], logits
+
+
+# -- gradient-based attribution ----------------------------------------------------------------
+
+
+def _eap_batch(
+    model,
+    graph: ComputationGraph,
+    start: Int[Tensor, "batch pos"],
+    other: Int[Tensor, "batch pos"],
+    choices: Tensor,
+    good: Tensor,
+    n_total: int,
+    steps: int,
+) -> Float[Tensor, "n_senders n_receivers"]:
+    """``Σ_{b,p,d} (a_s(other) - a_s(start)) · mean_k ∂M/∂in_r`` for every sender/receiver pair.
+
+    The ``other`` run and the ``k = 0`` step (the start run itself) fill the sender-difference
+    buffer; each step's backward pass adds its receiver-input gradients to the gradient buffer;
+    one contraction gives all pairs. EAP is ``steps = 1``: 2 forwards + 1 backward.
+    """
+    b, p = start.shape
+    dev = start.device
+    diff = torch.zeros(b, p, graph.n_senders, graph.d_model, device=dev)
+    grads = torch.zeros(b, p, graph.n_receivers, graph.d_model, device=dev)
+    other_embed: list[Tensor] = []
+
+    def keep_embed(e: Tensor) -> Tensor:
+        other_embed.append(e.detach())
+        return e
+
+    with torch.no_grad():
+        _forward(model, graph, other, _record_senders(diff, +1.0), embed=keep_embed, last_only=True)
+    e_other = other_embed[0]
+    start_embed: list[Tensor] = []
+
+    def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
+        # A fresh tensor, so the gradient is that of this receiver's input alone (an identity
+        # hook output can be the residual-stream tensor itself, e.g. at hook_mlp_in).
+        act = act.clone()
+        act.register_hook(
+            lambda g, s=slot: grads[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
+        )
+        return act
+
+    for k in range(steps):
+        alpha = k / steps
+
+        def interpolate(e: Tensor, alpha: float = alpha) -> Tensor:
+            if not start_embed:
+                start_embed.append(e.detach())
+            e_start = start_embed[0]
+            return (e_start + alpha * (e_other - e_start)).detach().requires_grad_(True)
+
+        record = _record_senders(diff, -1.0) if k == 0 else None
+        logits = _forward(
+            model, graph, start, record, on_receiver, embed=interpolate, last_only=True
+        )
+        (_metric_sum(logits, choices, good) / n_total).backward()
+    return torch.einsum("bpsd,bprd->sr", diff, grads)
+
+
+def _pair_scores_to_edges(
+    graph: ComputationGraph, pairs: Float[Tensor, "n_senders n_receivers"]
+) -> Float[Tensor, " n_edges"]:
+    pairs = pairs.double().cpu()
+    external = pairs[graph.edge_sender, graph.edge_receiver]
+    # An internal edge carries its q/k/v receiver's whole input: the sum over its senders.
+    whole_input = (pairs * graph.adjacency).sum(0)[graph.edge_receiver]
+    return torch.where(graph.internal, whole_input, external)
+
+
+# -- exact patching ------------------------------------------------------------------------------
+
+
+def _slot_of(graph: ComputationGraph, receiver: int) -> HookSlot:
+    for slot in graph.receiver_slots:
+        if slot.start <= receiver < slot.stop:
+            return slot
+    raise IndexError(receiver)
+
+
+def _chunk_patch(b: int, receivers: list[int], deltas: list[Tensor]) -> ReceiverFn:
+    """Receiver edit for a repeated batch: copy ``i`` gets ``deltas[i]`` at ``receivers[i]``."""
+
+    def patch(slot: HookSlot, act: Tensor) -> Tensor:
+        act = act.clone()
+        copies = act.view(len(receivers), b, *act.shape[1:])
+        for i, (r, delta) in enumerate(zip(receivers, deltas, strict=True)):
+            if slot.start <= r < slot.stop:
+                copies[i, :, :, r - slot.start] += delta
+        return act
+
+    return patch
+
+
+def _exact_batch(
+    model,
+    graph: ComputationGraph,
+    start: Int[Tensor, "batch pos"],
+    other: Int[Tensor, "batch pos"],
+    choices: Tensor,
+    good: Tensor,
+    n_total: int,
+    bar: Any,
+    chunk: int = 16,
+) -> Float[Tensor, " n_edges"]:
+    """``M(start with one edge patched) - M(start)`` for every edge.
+
+    ``chunk`` edges share one forward pass: the batch is repeated once per edge and copy ``i``
+    gets edge ``i`` patched (an external edge adds its sender's difference to the receiver's
+    input; an internal edge adds the receiver's whole input difference).
+    """
+    s_other, r_other, _, _ = _cache_run(model, graph, other, last_only=True)
+    s_start, r_start, _, logits = _cache_run(model, graph, start, last_only=True)
+    base = logit_metric(logits[:, -1], choices, good)
+    s_diff, r_diff = s_other - s_start, r_other - r_start
+    b = start.shape[0]
+    out = torch.zeros(graph.n_edges, dtype=torch.float64)
+    for first in range(0, graph.n_edges, chunk):
+        ids = list(range(first, min(first + chunk, graph.n_edges)))
+        receivers = [int(graph.edge_receiver[e]) for e in ids]
+        deltas = [
+            r_diff[:, :, r] if graph.internal[e] else s_diff[:, :, int(graph.edge_sender[e])]
+            for e, r in zip(ids, receivers, strict=True)
+        ]
+        slots = list({_slot_of(graph, r) for r in receivers})
+
+        patch = _chunk_patch(b, receivers, deltas)
+        tokens = start.repeat(len(ids), 1)
+        with torch.no_grad():
+            patched = _forward(
+                model, graph, tokens, on_receiver=patch, receiver_slots=slots, last_only=True
+            )
+        metric = logit_metric(patched[:, -1], choices.repeat(len(ids), 1), good.repeat(len(ids), 1))
+        effect = (metric.view(len(ids), b) - base).double().sum(1) / n_total
+        out[ids] = effect.cpu()
+        bar.update(len(ids))
+    return out
+
+
+# -- public API ----------------------------------------------------------------------------------
+
+
+def attribute(
+    model,
+    task_or_prompts: Task | PromptSet,
+    direction: str = "noising",
+    method: str = "eap-ig",
+    steps: int = 5,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> Float[Tensor, " n_edges"]:
+    """Score every edge of ``graph_for(model)`` (see the module docstring for the meaning).
+
+    Args:
+        model: a TransformerBridge with edge hooks on (Llama family incl. GQA, or GPT-2).
+        task_or_prompts: a ``Task`` (its attribution prompts are used) or a ``PromptSet``.
+        direction: ``"noising"`` or ``"denoising"``.
+        method: ``"eap"``, ``"eap-ig"`` or ``"exact"``.
+        steps: interpolation steps of EAP-IG (ignored otherwise).
+        batch_size: prompts per forward pass (a speed/memory knob; results agree up to rounding).
+        progress: show a progress bar (default: only for ``"exact"``).
+
+    Returns:
+        float64 CPU tensor ``[n_edges]`` aligned with ``graph_for(model).edges``.
+    """
+    _check(direction, method, steps)
+    graph = graph_for(model)
+    prompts = _prompts(task_or_prompts).to(_device(model))
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("no prompts to attribute")
+    batches = list(prompts.batches(batch_size))
+    show = method == "exact" if progress is None else progress
+    pairs = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
+    exact = torch.zeros(graph.n_edges, dtype=torch.float64)
+    total = graph.n_edges * len(batches) if method == "exact" else len(batches)
+    unit = "edge" if method == "exact" else "batch"
+    with (
+        _frozen(model),
+        tqdm(total=total, disable=not show, desc=f"{method} {direction}", unit=unit) as bar,
+    ):
+        for clean, corrupted, choices, good in batches:
+            start, other = (clean, corrupted) if direction == "noising" else (corrupted, clean)
+            if method == "exact":
+                exact += _exact_batch(model, graph, start, other, choices, good, n, bar)
+                continue
+            k = 1 if method == "eap" else steps
+            pairs += _eap_batch(model, graph, start, other, choices, good, n, k).double().cpu()
+            bar.update(1)
+    return exact if method == "exact" else _pair_scores_to_edges(graph, pairs)
+
+
+def _circuit_patch(
+    graph: ComputationGraph, keep: Bool[Tensor, " n_edges"], device: torch.device
+) -> tuple[Tensor, Tensor, list[HookSlot]]:
+    """What a circuit run must patch: excluded external edges as a ``[S, R]`` 0/1 matrix, the
+    receivers whose whole input comes from the corrupted run, and the slots to hook."""
+    excluded = graph.adjacency.clone()
+    ext = ~graph.internal & keep
+    excluded[graph.edge_sender[ext], graph.edge_receiver[ext]] = False
+    # A q/k/v input is corrupted when its internal edge is dropped; a KV group's k/v input is
+    # shared by its heads, so it stays live while any head of the group keeps the edge.
+    internal_kept = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    internal_kept[graph.edge_receiver[graph.internal & keep]] = True
+    corrupt = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    corrupt[graph.edge_receiver[graph.internal]] = True
+    corrupt &= ~internal_kept
+    slots = [
+        s
+        for s in graph.receiver_slots
+        if excluded[:, s.start : s.stop].any() or corrupt[s.start : s.stop].any()
+    ]
+    return excluded.float().to(device), corrupt.to(device), slots
+
+
+def _circuit_batch(
+    model,
+    graph: ComputationGraph,
+    clean: Tensor,
+    corrupted: Tensor,
+    patch: tuple[Tensor, Tensor, list[HookSlot]],
+) -> tuple[Tensor, Tensor]:
+    """Circuit-run logits and corrupted-run logits of one batch."""
+    excluded, corrupt, slots = patch
+    s_cor, r_cor, _, cor_logits = _cache_run(model, graph, corrupted)
+    s_cur = torch.zeros_like(s_cor)
+
+    def on_sender(slot: HookSlot, act: Tensor) -> None:
+        s_cur[:, :, slot.start : slot.stop] = act
+
+    def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
+        a, z = slot.start, slot.stop
+        # Only senders upstream of this slot are filled in yet; the others have weight 0 here.
+        upto = int(graph.adjacency[:, a:z].any(1).nonzero().max()) + 1
+        weights = excluded[:upto, a:z]
+        new = act + torch.einsum("bpsd,sn->bpnd", s_cor[:, :, :upto] - s_cur[:, :, :upto], weights)
+        mask = corrupt[a:z]
+        return torch.where(mask[None, None, :, None], r_cor[:, :, a:z], new)
+
+    with torch.no_grad():
+        logits = _forward(model, graph, clean, on_sender, on_receiver, receiver_slots=slots)
+    return logits, cor_logits
+
+
+def circuit_run(
+    model,
+    prompts: Task | PromptSet,
+    circuit: Circuit | Any,
+    batch_size: int = 16,
+) -> Float[Tensor, "n pos vocab"]:
+    """Logits of the circuit run (DESIGN §5), on CPU.
+
+    Run on the clean input; at every receiver v, each edge (u, v) outside the circuit carries u's
+    activation from the corrupted run: ``in_v += Σ_{(u,v)∉C} (a_u(x̃) - a_u(this run))``. A q
+    input whose internal edge is outside C is the corrupted run's q input; a KV group's k (v)
+    input is corrupted when no head of the group keeps its k (v) edge. With every edge kept this
+    is the clean run, with none kept the corrupted run.
+    """
+    prompts = _prompts(prompts)
+    graph = graph_for(model)
+    device = _device(model)
+    patch = _circuit_patch(graph, graph.edge_mask(circuit), device)
+    out = []
+    for clean, corrupted, _, _ in prompts.to(device).batches(batch_size):
+        logits, _ = _circuit_batch(model, graph, clean, corrupted, patch)
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+def _kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """KL(p ‖ q) per row, in float64."""
+    logp = p_logits.double().log_softmax(-1)
+    logq = q_logits.double().log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def faithfulness(
+    model,
+    prompts: Task | PromptSet,
+    circuit: Circuit | Any,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """How well the circuit run reproduces the model, at the final position.
+
+    Returns ``kl`` = mean over prompts of KL(p_model(·|x) ‖ p_circuit) (lower is better),
+    ``kl_empty`` = the same for the empty circuit (the corrupted run), ``recovery`` =
+    (M_circuit - M(x̃)) / (M(x) - M(x̃)) with M the mean metric, and the three metric values.
+    """
+    prompts = _prompts(prompts)
+    graph = graph_for(model)
+    device = _device(model)
+    patch = _circuit_patch(graph, graph.edge_mask(circuit), device)
+    kl = kl_empty = m_clean = m_cor = m_circ = 0.0
+    for clean, corrupted, choices, good in prompts.to(device).batches(batch_size):
+        with torch.no_grad():
+            clean_last = model(clean)[:, -1]
+        circ, cor = _circuit_batch(model, graph, clean, corrupted, patch)
+        circ_last, cor_last = circ[:, -1], cor[:, -1]
+        kl += float(_kl(clean_last, circ_last).sum())
+        kl_empty += float(_kl(clean_last, cor_last).sum())
+        m_clean += float(logit_metric(clean_last, choices, good).sum())
+        m_cor += float(logit_metric(cor_last, choices, good).sum())
+        m_circ += float(logit_metric(circ_last, choices, good).sum())
+    n = len(prompts)
+    gap = (m_clean - m_cor) / n
+    return {
+        "kl": kl / n,
+        "kl_empty": kl_empty / n,
+        "recovery": (m_circ / n - m_cor / n) / gap if gap != 0 else math.nan,
+        "metric_clean": m_clean / n,
+        "metric_corrupted": m_cor / n,
+        "metric_circuit": m_circ / n,
+    }
+
+
+def find_circuit(
+    model,
+    task: Task | PromptSet,
+    direction: str = "noising",
+    method: str = "eap-ig",
+    sparsity: float | None = 0.95,
+    top_n: int | None = None,
+    steps: int = 5,
+    batch_size: int = 16,
+    scores: Tensor | None = None,
+) -> Circuit:
+    """Attribute, select (``top_n`` wins over ``sparsity``), and record faithfulness.
+
+    Faithfulness is measured on the task's held-out eval split when ``task`` is a ``Task`` with
+    one (the circuit was chosen on its attribution prompts), else on the given prompts; graph
+    attribute ``faithfulness_split`` says which. Pass precomputed ``scores`` to skip attribution.
+    """
+    _check(direction, method, steps)
+    graph = graph_for(model)
+    prompts = _prompts(task)
+    if scores is None:
+        scores = attribute(model, prompts, direction, method, steps, batch_size)
+    name = task.name if isinstance(task, Task) else None
+    circuit = select_circuit(
+        graph,
+        scores,
+        sparsity=None if top_n is not None else sparsity,
+        top_n=top_n,
+        model=graph.model_name,
+        task=name,
+        direction=direction,
+        method=method,
+        steps=steps if method == "eap-ig" else None,
+        n_prompts=len(prompts),
+    )
+    held_out = isinstance(task, Task) and len(task.eval) > 0
+    target = task.eval if isinstance(task, Task) and held_out else prompts
+    circuit.graph["faithfulness"] = faithfulness(model, target, circuit, batch_size)
+    circuit.graph["faithfulness_split"] = "eval" if held_out else "prompts"
+    return circuit
