@@ -1,0 +1,526 @@
+"""Evaluate a model before and after unlearning (DESIGN.md §9; CLUE paper §5.2, App. G).
+
+Every function takes a ``TransformerBridge`` (as ``clue_mi.load_model`` returns) or a plain HF
+causal LM; the forward passes run on the HF module (``bridge.original_model``), whose logits
+equal the bridge's, so an unlearned model is measured exactly as it will be exported.
+
+* **FE** forget efficacy = 1 - multiple-choice accuracy on the forget task's eval split.
+* **RU** retain utility = accuracy on each retain task's eval split.
+* **GU** general utility = mean ``acc`` over lm-evaluation-harness tasks run on the in-memory
+  model. Offline default: the four small tasks shipped in ``clue_mi/lm_eval_tasks``
+  (:data:`LOCAL_GU_TASKS`); online, any harness task name (``arc_easy``, ``boolq``...).
+* **MIA** Min-k% Prob (k = 0.2) membership inference: ROC-AUC of forget texts (label 1) against
+  held-out texts (label 0), score = mean of the lowest 20% token log-probs (higher = more likely
+  a member). About 0.5 after unlearning: forget texts look like unseen text (the goal). Well
+  below 0.5: they now look *less* likely than unseen text, a sign of over-unlearning that
+  itself reveals what was forgotten. Well above 0.5: the model still favours them.
+* **Rouge-L** recall of greedy continuations of forget prompts against the forget answers
+  (lower = more forgotten; ``1 - Rouge-L`` is reported too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clue_mi.tasks import PromptSet, Task, choice_accuracy
+from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
+
+LOCAL_GU_TASKS: tuple[str, ...] = (
+    "clue_antonyms",
+    "clue_colors",
+    "clue_past_tense",
+    "clue_animals",
+)
+"""Offline general-utility tasks shipped in ``clue_mi/lm_eval_tasks`` (see ``make_data.py``)."""
+
+MINK_K = 0.2
+
+# Held-out (non-member) text for the default MIA: capitals-style sentences about countries that
+# are NOT in the forget task's country list, so they share its template and style but are never
+# unlearned. Famous capitals are better known than these, so the untouched model already scores
+# the forget texts somewhat higher (AUC above 0.5); unlearning should pull it down toward 0.5.
+HOLDOUT_CAPITALS: dict[str, str] = {
+    "Brazil": "Brasilia", "South Africa": "Pretoria", "New Zealand": "Wellington",
+    "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "Ecuador": "Quito",
+    "Cambodia": "Phnom Penh", "Laos": "Vientiane", "Malaysia": "Kuala Lumpur",
+    "Mongolia": "Ulaanbaatar", "Kazakhstan": "Astana", "Uzbekistan": "Tashkent",
+    "Georgia": "Tbilisi", "Armenia": "Yerevan", "Azerbaijan": "Baku", "Jordan": "Amman",
+    "Saudi Arabia": "Riyadh", "Qatar": "Doha", "Oman": "Muscat", "Libya": "Tripoli",
+    "Tunisia": "Tunis", "Algeria": "Algiers", "Sudan": "Khartoum", "Ghana": "Accra",
+    "Senegal": "Dakar", "Uganda": "Kampala", "Zimbabwe": "Harare", "Zambia": "Lusaka",
+    "Angola": "Luanda", "Iceland": "Reykjavik", "Estonia": "Tallinn", "Latvia": "Riga",
+    "Lithuania": "Vilnius", "Slovakia": "Bratislava", "Slovenia": "Ljubljana",
+    "Albania": "Tirana", "Belarus": "Minsk", "Jamaica": "Kingston", "Sri Lanka": "Colombo",
+    "Bangladesh": "Dhaka", "Cyprus": "Nicosia", "Malta": "Valletta",
+    "Bosnia and Herzegovina": "Sarajevo", "Panama": "Panama City", "Costa Rica": "San Jose",
+}  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+
+def hf_model(model) -> torch.nn.Module:
+    """The HF module behind a bridge (or the model itself when it already is one)."""
+    return getattr(model, "original_model", model)
+
+
+def _tokenizer(model, tokenizer=None):
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("no tokenizer: pass a TransformerBridge or tokenizer=...")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # batching needs a pad id; masked out everywhere
+    return tok
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@contextlib.contextmanager
+def _padding_side(tokenizer, side: str) -> Iterator[None]:
+    """Temporarily set the tokenizer's padding side (the bridge shares this tokenizer)."""
+    old = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = old
+
+
+# --------------------------------------------------------------------------- FE and RU
+
+
+@torch.no_grad()
+def final_logits(
+    model, tokens: Int[Tensor, "n pos"], batch_size: int = 32
+) -> Float[Tensor, "n vocab"]:
+    """Logits at the last position of equal-length prompts (no padding needed)."""
+    module = hf_model(model)
+    device = _device(module)
+    out = [
+        module(input_ids=tokens[i : i + batch_size].to(device)).logits[:, -1].float().cpu()
+        for i in range(0, len(tokens), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def task_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> float:
+    """Fraction of prompts whose highest-logit answer choice is a correct one."""
+    logits = final_logits(model, promptset.clean_tokens, batch_size)
+    correct = choice_accuracy(logits, promptset.choices.cpu(), promptset.good.cpu())
+    return float(correct.float().mean())
+
+
+def forget_efficacy(model, forget_task: Task, batch_size: int = 32) -> float:
+    """FE = 1 - accuracy on the forget task's eval split (higher = more forgotten)."""
+    return 1.0 - task_accuracy(model, forget_task.eval, batch_size)
+
+
+def retain_utility(model, retain_tasks: Sequence[Task], batch_size: int = 32) -> dict[str, float]:
+    """RU: accuracy on each retain task's eval split, by task name."""
+    return {t.name: task_accuracy(model, t.eval, batch_size) for t in retain_tasks}
+
+
+# --------------------------------------------------------------------------- MIA (Min-k% Prob)
+
+
+@torch.no_grad()
+def token_logprobs(
+    model, texts: Sequence[str], batch_size: int = 16, tokenizer=None
+) -> list[Float[Tensor, " tokens"]]:
+    """Per text, log p(x_t | x_<t) of every token after the first (BOS included if added)."""
+    module, tok = hf_model(model), _tokenizer(model, tokenizer)
+    device = _device(module)
+    out: list[Tensor] = []
+    with _padding_side(tok, "right"):
+        for i in range(0, len(texts), batch_size):
+            enc = tok(list(texts[i : i + batch_size]), return_tensors="pt", padding=True)
+            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            logp = module(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            picked = logp[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2).cpu()
+            # Right padding: the real tokens are a prefix, so slice each row by its length.
+            for row, n in zip(picked, mask.sum(1).tolist(), strict=True):
+                out.append(row[: n - 1])
+    return out
+
+
+def mink_from_logprobs(logprobs: Sequence[float] | Tensor, k: float = MINK_K) -> float:
+    """Min-k% Prob of one text: the mean of its lowest ``k`` fraction of token log-probs.
+
+    As in Shi et al. (2024) the count is ``floor(k * n)``, but at least one token, so short texts
+    are scored by their single least likely token.
+    """
+    values = torch.as_tensor(logprobs, dtype=torch.float64).flatten()
+    if values.numel() == 0:
+        raise ValueError("no token log-probs: the text is empty (or only a BOS token)")
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    count = max(1, math.floor(k * values.numel()))
+    return float(values.sort().values[:count].mean())
+
+
+def mink_scores(
+    model, texts: Sequence[str], k: float = MINK_K, batch_size: int = 16
+) -> list[float]:
+    """Min-k% Prob score of each text (higher = the model finds it more familiar)."""
+    return [mink_from_logprobs(lp, k) for lp in token_logprobs(model, texts, batch_size)]
+
+
+def auc_from_scores(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """ROC-AUC with members as label 1 and non-members as label 0 (sklearn)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not member_scores or not nonmember_scores:
+        raise ValueError("MIA needs at least one member and one non-member text")
+    labels = [1] * len(member_scores) + [0] * len(nonmember_scores)
+    return float(roc_auc_score(labels, [*member_scores, *nonmember_scores]))
+
+
+def mia_auc(
+    model,
+    forget_texts: Sequence[str],
+    holdout_texts: Sequence[str],
+    k: float = MINK_K,
+    batch_size: int = 16,
+) -> float:
+    """Min-k% Prob MIA: ROC-AUC of forget texts (label 1) vs held-out texts (label 0).
+
+    Score = Min-k% log-prob, higher = more likely a member. Sign convention: 1.0 means every
+    forget text looks more familiar than every held-out text; about 0.5 after unlearning means
+    forget texts look like non-members (the goal); below 0.5 means they now look *less* likely
+    than unseen text (over-unlearning, which is itself detectable).
+    """
+    members = mink_scores(model, forget_texts, k, batch_size)
+    nonmembers = mink_scores(model, holdout_texts, k, batch_size)
+    return auc_from_scores(members, nonmembers)
+
+
+def holdout_capital_texts(exclude: Sequence[str] = tuple(CAPITALS)) -> list[str]:
+    """Default MIA non-members: capitals sentences about countries outside the forget set.
+
+    Both templates of the ``capitals`` task, for every country of :data:`HOLDOUT_CAPITALS` not in
+    ``exclude`` (default: every country the forget task can ask about), written exactly like the
+    forget sentences (``"The capital of Uruguay is Montevideo."``).
+    """
+    excluded = set(exclude)
+    return [
+        f"{template.format(country)} {capital}."
+        for country, capital in HOLDOUT_CAPITALS.items()
+        if country not in excluded
+        for template in CAPITAL_TEMPLATES
+    ]
+
+
+# --------------------------------------------------------------------------- Rouge-L
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model,
+    prompts: Sequence[str],
+    max_new_tokens: int = 8,
+    batch_size: int = 16,
+    tokenizer=None,
+) -> list[str]:
+    """Greedy (``do_sample=False``) continuations of each prompt, prompt text excluded."""
+    module, tok = hf_model(model), _tokenizer(model, tokenizer)
+    device = _device(module)
+    out: list[str] = []
+    # Left padding keeps every prompt's last token at the end, where generation starts.
+    with _padding_side(tok, "left"):
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
+            generated = module.generate(  # type: ignore[operator]
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                # Unset sampling defaults of the model's generation config (avoids warnings).
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            new = generated[:, enc["input_ids"].shape[1] :]
+            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean Rouge-L recall (LCS / reference length, ``rouge-score``) of predictions."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not references:
+        raise ValueError("no references to score")
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    recalls = [
+        scorer.score(ref, pred)["rougeL"].recall
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+    return sum(recalls) / len(recalls)
+
+
+def rouge_l(
+    model,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    max_new_tokens: int = 8,
+    batch_size: int = 16,
+) -> float:
+    """Rouge-L recall of the model's greedy continuations of ``prompts`` against ``references``.
+
+    1.0 = every reference word sequence is reproduced; report ``1 - rouge_l`` as forgetting.
+    """
+    predictions = greedy_continuations(model, prompts, max_new_tokens, batch_size)
+    return rouge_l_recall(predictions, references)
+
+
+def continuation_references(task: Task) -> tuple[list[str], list[str]]:
+    """Eval prompts of a task and the rest of each eval sentence (the answer to recall).
+
+    ``"The capital of France is"`` / ``"Paris."``: Rouge-L then measures whether the model still
+    produces the answer, not whether it copies the prompt.
+    """
+    prompts, refs = [], []
+    for prompt, sentence in zip(task.eval.clean, task.eval.sentences, strict=True):
+        prompts.append(prompt)
+        refs.append(sentence[len(prompt) :].strip() if sentence.startswith(prompt) else sentence)
+    return prompts, refs
+
+
+# --------------------------------------------------------------------------- GU (lm-eval)
+
+
+def local_task_dir() -> Path:
+    """The folder of the shipped lm-eval task YAMLs and their JSONL data."""
+    return Path(str(resources.files("clue_mi") / "lm_eval_tasks"))
+
+
+@contextlib.contextmanager
+def resolved_task_dir(task_dir: str | Path | None = None) -> Iterator[Path]:
+    """A temporary copy of the task folder whose ``data_files`` paths are absolute.
+
+    lm-eval 0.4.13 hands ``dataset_kwargs`` straight to ``datasets.load_dataset``, which resolves
+    relative ``data_files`` against the working directory, not the YAML's folder. Rewriting them
+    against the YAML's own folder makes the tasks work from any working directory and from an
+    installed package.
+    """
+    src = Path(task_dir) if task_dir is not None else local_task_dir()
+    with tempfile.TemporaryDirectory(prefix="clue_mi_lm_eval_") as tmp:
+        for path in sorted(src.glob("*.yaml")):
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            files = (config.get("dataset_kwargs") or {}).get("data_files")
+            if isinstance(files, dict):
+                files = {split: _absolute(path.parent, f) for split, f in files.items()}
+            elif files is not None:
+                files = _absolute(path.parent, files)
+            if files is not None:
+                config["dataset_kwargs"]["data_files"] = files
+            (Path(tmp) / path.name).write_text(yaml.safe_dump(config), encoding="utf-8")
+        yield Path(tmp)
+
+
+def _absolute(base: Path, files: str | list[str]) -> str | list[str]:
+    if isinstance(files, list):
+        return [str((base / f).resolve()) for f in files]
+    return str((base / files).resolve())
+
+
+def _task_accuracy(results: dict[str, Any], name: str, metric: str) -> float:
+    """Read ``metric`` (e.g. ``acc``) of one task or group from ``simple_evaluate`` output."""
+    entry = results.get("results", {}).get(name) or results.get("groups", {}).get(name)
+    if entry is None:
+        raise KeyError(f"lm-eval returned no results for {name!r}")
+    for key in (f"{metric},none", metric):
+        if key in entry and isinstance(entry[key], int | float):
+            return float(entry[key])
+    numeric = [k for k, v in entry.items() if isinstance(v, int | float)]
+    raise KeyError(f"task {name!r} has no {metric!r}; it reported {numeric}")
+
+
+def general_utility(
+    model,
+    tasks: Sequence[str] | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 32,
+    metric: str = "acc",
+    tokenizer=None,
+    task_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """GU: mean ``metric`` over lm-evaluation-harness tasks, run on the in-memory model.
+
+    Args:
+        model: a TransformerBridge or HF causal LM (evaluated as is, never reloaded).
+        tasks: lm-eval task names; default :data:`LOCAL_GU_TASKS` (offline, shipped). Any
+            harness task (``arc_easy``, ``boolq``, ``mmlu``...) works when its data is reachable.
+        limit: at most this many documents per task (a fraction if < 1), for quick runs.
+        metric: ``acc`` by default (length-normalised ``acc_norm`` on request).
+        task_dir: folder of extra task YAMLs (default: the shipped ``lm_eval_tasks``).
+
+    Returns:
+        ``{"gu": mean over tasks, "tasks": {name: score}, "metric": metric, "limit": limit,
+        "seconds": wall time}``.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = list(tasks) if tasks is not None else list(LOCAL_GU_TASKS)
+    if not names:
+        raise ValueError("general_utility needs at least one task")
+    local = {p.stem for p in (Path(task_dir) if task_dir else local_task_dir()).glob("*.yaml")}
+    module, tok = hf_model(model), _tokenizer(model, tokenizer)
+    was_training = module.training
+    start = time.perf_counter()
+    lm = HFLM(pretrained=module, tokenizer=tok, batch_size=batch_size, device=str(_device(module)))
+    try:
+        with resolved_task_dir(task_dir) as include:
+            # Indexing lm-eval's thousands of built-in YAMLs takes seconds; skip it when every
+            # requested task is one of ours.
+            manager = TaskManager(
+                include_path=str(include), include_defaults=not set(names) <= local
+            )
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=names,
+                task_manager=manager,
+                limit=limit,
+                log_samples=False,
+                bootstrap_iters=0,
+                # Leave the caller's RNG state alone (lm-eval seeds globally by default); the
+                # tasks are zero-shot and ``limit`` takes the first documents, so nothing here
+                # is random.
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+            )
+    finally:
+        module.train(was_training)
+    if results is None:  # only on non-zero ranks of a distributed run
+        raise RuntimeError("lm-eval returned no results")
+    scores = {name: _task_accuracy(results, name, metric) for name in names}
+    return {
+        "gu": sum(scores.values()) / len(scores),
+        "tasks": scores,
+        "metric": metric,
+        "limit": limit,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# --------------------------------------------------------------------------- everything
+
+
+def evaluate_model(
+    model,
+    forget_task: Task,
+    retain_tasks: Sequence[Task],
+    holdout_texts: Sequence[str] | None = None,
+    gu_tasks: Sequence[str] | None = None,
+    quick: bool = False,
+    forget_texts: Sequence[str] | None = None,
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """All metrics of DESIGN.md §9 for one model, as one flat-ish dict.
+
+    Args:
+        forget_task, retain_tasks: the tasks unlearning was set up with.
+        holdout_texts: MIA non-members; default :func:`holdout_capital_texts` (fits the default
+            ``capitals`` forget task; pass your own for other forget sets).
+        gu_tasks: lm-eval tasks for GU (default :data:`LOCAL_GU_TASKS`); ``()`` skips GU.
+        quick: GU on at most 20 documents per task (smoke runs; noisy numbers).
+        forget_texts: MIA members; default: the forget task's train + eval sentences, i.e. the
+            text that unlearning trains on.
+
+    Returns keys ``fe``, ``forget_acc``, ``ru`` (per task), ``ru_mean``, ``gu``, ``gu_tasks``,
+    ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``seconds``.
+    """
+    start = time.perf_counter()
+    holdout = list(holdout_texts) if holdout_texts is not None else holdout_capital_texts()
+    members = (
+        list(forget_texts)
+        if forget_texts is not None
+        else forget_task.train_text + forget_task.eval_text
+    )
+    prompts, refs = continuation_references(forget_task)
+    gu_names = list(LOCAL_GU_TASKS) if gu_tasks is None else list(gu_tasks)
+    steps = ["forget efficacy", "retain utility", "MIA", "Rouge-L"] + (
+        ["general utility"] if gu_names else []
+    )
+    out: dict[str, Any] = {}
+    with tqdm(total=len(steps), desc="evaluate", leave=False) as bar:
+        for step in steps:
+            bar.set_postfix_str(step)
+            if step == "forget efficacy":
+                out["fe"] = forget_efficacy(model, forget_task, batch_size)
+                out["forget_acc"] = 1.0 - out["fe"]
+            elif step == "retain utility":
+                out["ru"] = retain_utility(model, retain_tasks, batch_size)
+                out["ru_mean"] = sum(out["ru"].values()) / max(1, len(out["ru"]))
+            elif step == "MIA":
+                out["mia_auc"] = mia_auc(model, members, holdout, batch_size=batch_size)
+            elif step == "Rouge-L":
+                out["rouge_l"] = rouge_l(model, prompts, refs, max_new_tokens, batch_size)
+                out["one_minus_rouge_l"] = 1.0 - out["rouge_l"]
+            else:
+                gu = general_utility(
+                    model, gu_names, limit=20 if quick else None, batch_size=batch_size
+                )
+                out["gu"], out["gu_tasks"] = gu["gu"], gu["tasks"]
+            bar.update()
+    if not gu_names:
+        out["gu"], out["gu_tasks"] = None, {}
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def copy_task_dir(dest: str | Path) -> Path:
+    """Copy the shipped lm-eval tasks (YAML + data) to ``dest``, e.g. to edit or extend them."""
+    return Path(shutil.copytree(local_task_dir(), dest, ignore=shutil.ignore_patterns("*.pyc")))
+
+
+__all__ = [
+    "HOLDOUT_CAPITALS",
+    "LOCAL_GU_TASKS",
+    "auc_from_scores",
+    "continuation_references",
+    "copy_task_dir",
+    "evaluate_model",
+    "final_logits",
+    "forget_efficacy",
+    "general_utility",
+    "greedy_continuations",
+    "holdout_capital_texts",
+    "hf_model",
+    "local_task_dir",
+    "mia_auc",
+    "mink_from_logprobs",
+    "mink_scores",
+    "resolved_task_dir",
+    "retain_utility",
+    "rouge_l",
+    "rouge_l_recall",
+    "task_accuracy",
+    "token_logprobs",
+]

@@ -1,0 +1,1 @@
+"""Offline lm-evaluation-harness tasks for general utility (YAML + JSONL, see ``make_data``)."""

@@ -1,0 +1,271 @@
+"""Tests of clue_mi.evaluate: metrics on hand-made inputs, lm-eval offline, and the real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from clue_mi import evaluate as ev
+from clue_mi.tasks import PromptSet
+from clue_mi.tasks.builtin import CAPITALS
+
+# ----------------------------------------------------------------------------- Min-k% Prob
+
+
+def test_mink_mean_of_lowest_fraction():
+    logprobs = [-0.1, -5.0, -0.2, -3.0, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8]
+    # 20% of 10 tokens = the 2 lowest: -5 and -3.
+    assert ev.mink_from_logprobs(logprobs, k=0.2) == pytest.approx(-4.0)
+    # 50% = the 5 lowest: -5, -3, -0.8, -0.7, -0.6.
+    assert ev.mink_from_logprobs(logprobs, k=0.5) == pytest.approx(-10.1 / 5)
+    assert ev.mink_from_logprobs(logprobs, k=1.0) == pytest.approx(sum(logprobs) / 10)
+
+
+def test_mink_short_text_uses_at_least_one_token():
+    assert ev.mink_from_logprobs(torch.tensor([-1.0, -2.0, -0.5]), k=0.2) == pytest.approx(-2.0)
+    with pytest.raises(ValueError):
+        ev.mink_from_logprobs([], k=0.2)
+    with pytest.raises(ValueError):
+        ev.mink_from_logprobs([-1.0], k=0.0)
+
+
+def test_token_logprobs_match_a_manual_forward(tiny):
+    texts = ["The capital of France is Paris.", "Hello", "One two three four five six"]
+    got = ev.token_logprobs(tiny, texts, batch_size=2)  # padding within a batch
+    hf, tok = tiny.original_model, tiny.tokenizer
+    for text, lp in zip(texts, got, strict=True):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logp = hf(input_ids=ids).logits.log_softmax(-1)[0]
+        want = logp[:-1].gather(1, ids[0, 1:, None]).squeeze(1)
+        assert lp.shape == want.shape
+        torch.testing.assert_close(lp, want, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- MIA AUC
+
+
+@pytest.mark.parametrize(
+    ("members", "nonmembers", "auc"),
+    [
+        ([-1.0, -2.0], [-3.0, -4.0], 1.0),  # every member more familiar
+        ([-3.0, -4.0], [-1.0, -2.0], 0.0),  # every member less familiar (over-unlearning)
+        ([-1.0, -3.0], [-2.0, -4.0], 0.75),  # 3 of 4 pairs ordered right
+        ([-1.0, -4.0], [-2.0, -3.0], 0.5),  # 2 of 4
+        ([-2.0], [-2.0], 0.5),  # a tie counts half
+    ],
+)
+def test_mia_auc_on_known_scores(monkeypatch, members, nonmembers, auc):
+    # AUC = P(member score > non-member score) + 0.5 P(tie), counted by hand above.
+    fake = {"m": members, "n": nonmembers}
+    monkeypatch.setattr(ev, "mink_scores", lambda model, texts, k, bs: fake[texts[0][0]])
+    texts_m = ["m"] * len(members)
+    texts_n = ["n"] * len(nonmembers)
+    assert ev.mia_auc(None, texts_m, texts_n) == pytest.approx(auc)
+    assert ev.auc_from_scores(members, nonmembers) == pytest.approx(auc)
+
+
+def test_mia_auc_on_a_model_scores_each_text_by_mink(tiny):
+    members, nonmembers = ["a b c d e f g h i j k", "one two three"], ["x y z", "alpha beta"]
+    scores = ev.mink_scores(tiny, members + nonmembers, k=0.2, batch_size=3)
+    lps = ev.token_logprobs(tiny, members + nonmembers)
+    assert scores == pytest.approx([ev.mink_from_logprobs(lp, 0.2) for lp in lps])
+    # Hand count of P(member > non-member) over the 4 pairs.
+    wins = sum((m > n) + 0.5 * (m == n) for m in scores[:2] for n in scores[2:])
+    assert ev.mia_auc(tiny, members, nonmembers) == pytest.approx(wins / 4)
+
+
+def test_holdout_capitals_are_disjoint_from_the_forget_set():
+    texts = ev.holdout_capital_texts()
+    assert len(texts) >= 80
+    for country in CAPITALS:
+        assert not any(f" of {country} is" in t for t in texts), country
+    assert "The capital of Uruguay is Montevideo." in texts
+    assert "The capital city of Uruguay is Montevideo." in texts
+    assert ev.holdout_capital_texts(exclude=["Uruguay", *CAPITALS]) == [
+        t for t in texts if "Uruguay" not in t
+    ]
+
+
+# ----------------------------------------------------------------------------- Rouge-L
+
+
+def test_rouge_l_recall_on_known_lcs():
+    # Reference of 4 tokens; LCS with the prediction is "the cat mat", 3 tokens -> 3/4.
+    assert ev.rouge_l_recall(["the cat sat on a mat"], ["the cat mat rug"]) == pytest.approx(0.75)
+    # Recall ignores extra generated words and punctuation/case (rouge-score tokenizer).
+    assert ev.rouge_l_recall(["Paris. It is a big city"], ["Paris."]) == pytest.approx(1.0)
+    assert ev.rouge_l_recall(["Berlin is"], ["Paris."]) == pytest.approx(0.0)
+    # Order matters: LCS of "b a" vs reference "a b" is 1 token -> 1/2; mean over pairs.
+    assert ev.rouge_l_recall(["b a", "a b"], ["a b", "a b"]) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        ev.rouge_l_recall(["a"], ["a", "b"])
+
+
+def test_greedy_continuations_are_greedy_and_batch_invariant(tiny):
+    prompts = ["The capital of France is", "Hi", "One two three four five"]
+    batched = ev.greedy_continuations(tiny, prompts, max_new_tokens=4, batch_size=3)
+    single = [ev.greedy_continuations(tiny, [p], max_new_tokens=4)[0] for p in prompts]
+    assert batched == single  # left padding must not change what is generated
+    hf, tok = tiny.original_model, tiny.tokenizer
+    ids = tok(prompts[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(4):  # manual argmax decoding
+            ids = torch.cat([ids, hf(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    manual = tok.decode(ids[0, -4:], skip_special_tokens=True)
+    assert batched[0] == manual
+    assert tok.padding_side == "right"  # restored
+
+
+def test_rouge_l_of_a_model_uses_its_continuations(tiny, monkeypatch):
+    monkeypatch.setattr(ev, "greedy_continuations", lambda m, p, n, b: ["Paris is nice", "x"])
+    assert ev.rouge_l(tiny, ["p1", "p2"], ["Paris.", "Rome."]) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def _promptset(choices, good, n_pos=3):
+    n = len(choices)
+    return PromptSet(
+        clean=["p"] * n,
+        corrupted=["q"] * n,
+        clean_tokens=torch.arange(n * n_pos).reshape(n, n_pos),
+        corrupted_tokens=torch.zeros(n, n_pos, dtype=torch.long),
+        choices=torch.tensor(choices),
+        good=torch.tensor(good),
+        sentences=["s"] * n,
+    )
+
+
+def test_task_accuracy_on_hand_made_logits(monkeypatch):
+    logits = torch.zeros(4, 10)
+    logits[0, 3] = 5.0  # choices (3, 4): picks 3, correct
+    logits[1, 5] = 5.0  # choices (4, 5): picks 5, wrong
+    logits[2, 7] = 1.0  # choices (6, 7, 8): picks 7, one of two correct
+    logits[3, 2] = 9.0  # choices (1, 0): 2 is not a choice; picks 1 (0.0 == 0.0 -> first)
+    ps = _promptset(
+        [[3, 4], [4, 5], [6, 7], [1, 0]],
+        [[True, False], [True, False], [False, True], [True, False]],
+    )
+    monkeypatch.setattr(ev, "final_logits", lambda model, tokens, bs: logits)
+    assert ev.task_accuracy(None, ps) == pytest.approx(0.75)
+
+
+def test_fe_and_ru_on_the_tiny_model(tiny):
+    from clue_mi import tasks
+
+    forget = tasks.get("capitals", tiny, n=4, n_eval=8)
+    retain = [tasks.get("ioi", tiny, n=4, n_eval=8)]
+    # final_logits must equal a plain forward's last position
+    want = tiny.original_model(input_ids=forget.eval.clean_tokens).logits[:, -1]
+    torch.testing.assert_close(ev.final_logits(tiny, forget.eval.clean_tokens, 3), want)
+    acc = ev.task_accuracy(tiny, forget.eval)
+    assert ev.forget_efficacy(tiny, forget) == pytest.approx(1 - acc)
+    ru = ev.retain_utility(tiny, retain)
+    assert set(ru) == {"ioi"} and 0.0 <= ru["ioi"] <= 1.0
+
+
+def test_continuation_references_strip_the_prompt(tiny):
+    from clue_mi import tasks
+
+    forget = tasks.get("capitals", tiny, n=2, n_eval=4)
+    prompts, refs = ev.continuation_references(forget)
+    assert prompts == forget.eval.clean
+    for p, r, s in zip(prompts, refs, forget.eval.sentences, strict=True):
+        assert s == f"{p} {r}" and r.endswith(".")
+
+
+# ----------------------------------------------------------------------------- GU (lm-eval)
+
+
+def test_shipped_data_is_what_make_data_writes(tmp_path):
+    from clue_mi.lm_eval_tasks import make_data
+
+    counts = make_data.main(tmp_path)
+    shipped = ev.local_task_dir() / "data"
+    for name, count in counts.items():
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (shipped / f"{name}.jsonl").read_bytes()
+        assert count >= 60
+        for line in (shipped / f"{name}.jsonl").read_text().splitlines():
+            item = json.loads(line)
+            assert len(set(item["choices"])) == len(item["choices"]) >= 2
+            assert 0 <= item["answer"] < len(item["choices"])
+
+
+def test_local_task_yamls_resolve_to_absolute_data(tmp_path, monkeypatch):
+    installed = ev.copy_task_dir(tmp_path / "site" / "lm_eval_tasks")
+    monkeypatch.chdir(tmp_path)  # relative paths would now point nowhere
+    with ev.resolved_task_dir(installed) as d:
+        names = sorted(p.stem for p in d.glob("*.yaml"))
+        assert set(ev.LOCAL_GU_TASKS) <= set(names)
+        for path in d.glob("*.yaml"):
+            import yaml
+
+            files = yaml.safe_load(path.read_text())["dataset_kwargs"]["data_files"]["test"]
+            assert Path(files).is_absolute() and Path(files).is_file()
+            assert Path(files).parent.parent == installed.resolve()
+    assert not d.exists()
+
+
+def test_general_utility_runs_lm_eval_offline(tiny, tmp_path, monkeypatch):
+    # Run from an "installed" copy of the task folder and a foreign working directory.
+    installed = ev.copy_task_dir(tmp_path / "site" / "lm_eval_tasks")
+    monkeypatch.chdir(tmp_path)
+    rng = torch.get_rng_state()
+    result = ev.general_utility(tiny, limit=8, batch_size=16, task_dir=installed)
+    assert torch.equal(torch.get_rng_state(), rng)  # lm-eval must not reseed the caller
+    assert set(result["tasks"]) == set(ev.LOCAL_GU_TASKS)
+    for score in result["tasks"].values():
+        assert 0.0 <= score <= 1.0
+        assert score * 8 == pytest.approx(round(score * 8))  # a fraction of the 8 documents
+    assert result["gu"] == pytest.approx(sum(result["tasks"].values()) / len(result["tasks"]))
+    assert not tiny.original_model.training
+
+
+def test_general_utility_reports_unknown_metric(tiny, tmp_path):
+    with pytest.raises(KeyError, match="no 'f1'"):
+        ev.general_utility(tiny, tasks=["clue_colors"], limit=2, metric="f1")
+
+
+def test_shipped_task_dir_is_package_data():
+    d = ev.local_task_dir()
+    assert (d / "clue_colors.yaml").is_file() and (d / "data" / "colors.jsonl").is_file()
+
+
+# ----------------------------------------------------------------------------- integration
+
+
+@pytest.mark.integration
+def test_embedded_model_knows_capitals(smol):
+    from clue_mi import tasks
+
+    forget = tasks.get("capitals", smol, n=8, n_eval=32)
+    fe = ev.forget_efficacy(smol, forget)
+    assert fe < 0.3, fe  # accuracy > 0.7 against a chance of 0.25
+    prompts, refs = ev.continuation_references(forget)
+    assert ev.rouge_l(smol, prompts, refs) > 0.5
+    # Famous (forget-set) capitals look more familiar than the held-out ones.
+    auc = ev.mia_auc(smol, forget.train_text + forget.eval_text, ev.holdout_capital_texts())
+    assert auc > 0.5, auc
+
+
+# Measured with the full shipped data (acc, SmolLM2-135M-Instruct, dequantized Q4_1 GGUF).
+MEASURED_GU = {
+    "clue_antonyms": 0.776,
+    "clue_colors": 0.398,
+    "clue_past_tense": 0.933,
+    "clue_animals": 0.576,
+}
+CHANCE = {"clue_antonyms": 0.25, "clue_colors": 0.25, "clue_past_tense": 0.25, "clue_animals": 0.25}
+
+
+@pytest.mark.integration
+def test_embedded_model_general_utility(smol):
+    result = ev.general_utility(smol)
+    for name, score in result["tasks"].items():
+        assert score == pytest.approx(MEASURED_GU[name], abs=0.02), name
+        assert score > CHANCE[name] + 0.1, name  # a usable utility signal
