@@ -91,16 +91,42 @@ def embedded_gguf_path() -> Path:
     )
 
 
+def hf_parameters(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """The parameters of an HF model under their plain HF names (``model.layers.0.self_attn...``).
+
+    A TransformerBridge wraps the HF submodules in place, so ``named_parameters()`` then shows
+    names with ``._original_component`` and extra aliases (``self_attn.q``). The names a fresh
+    model of this architecture has (built on the meta device, no memory) are the canonical ones.
+    """
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(model.config)
+    wanted = set(reference.state_dict())
+    out: dict[str, torch.nn.Parameter] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        plain = name.replace("._original_component", "")
+        if plain in wanted and plain not in out:
+            out[plain] = param
+    missing = wanted - set(out) - _tied_names(model)
+    if missing:
+        raise RuntimeError(f"could not find HF parameters {sorted(missing)[:5]} in the model")
+    return out
+
+
+def _tied_names(model: PreTrainedModel) -> set[str]:
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    return {"lm_head.weight"} if tied else set()
+
+
 def save_hf_checkpoint(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
 ) -> Path:
     """Write ``model`` as a standard HF checkpoint (safetensors + config + tokenizer), atomically.
 
-    ``save_pretrained`` refuses GGUF-loaded models, so we write the pieces ourselves. The files go
-    to a temporary sibling folder that is renamed into place only when complete. An existing
-    ``out_dir`` is never overwritten.
+    ``save_pretrained`` refuses GGUF-loaded and bridged models, so we write the pieces ourselves
+    under the plain HF parameter names. The files go to a temporary sibling folder that is renamed
+    into place only when complete. An existing ``out_dir`` is never overwritten.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -108,12 +134,17 @@ def save_hf_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        # save_model de-duplicates tied tensors (lm_head / embed_tokens), which save_file refuses.
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        skip = _tied_names(model)  # tied lm_head is rebuilt from embed_tokens on load
+        state = {
+            name: param.detach().to("cpu").contiguous()
+            for name, param in hf_parameters(model).items()
+            if name not in skip
+        }
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = model.config.to_dict()
         config.pop("quantization_config", None)  # the weights we write are plain float tensors
-        config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
         config.pop("dtype", None)
+        config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
         type(model.config).from_dict(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, out_dir)
@@ -156,9 +187,9 @@ def _hub_offline() -> bool:
 def _load_hub(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if _hub_offline():
         raise ModelLoadError(
-            f"'{name}' is not a local path, and the Hugging Face hub is off (HF_HUB_OFFLINE is set). "
-            "Pass a local model directory or .gguf file, use the embedded default "
-            "(load_model()), or unset HF_HUB_OFFLINE when online."
+            f"'{name}' is not a local path, and the Hugging Face hub is off "
+            "(HF_HUB_OFFLINE is set). Pass a local model directory or .gguf file, use the "
+            "embedded default (load_model()), or unset HF_HUB_OFFLINE when online."
         )
     try:
         config = AutoConfig.from_pretrained(name)
@@ -176,7 +207,7 @@ def _load_hub(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 
 def check_architecture(config) -> str:
-    """Return the model type (``llama``, ``gpt2``...), or raise if clue_mi cannot map its weights."""
+    """Return the model type (``llama``, ``gpt2``...); raise if clue_mi cannot map its weights."""
     model_type = getattr(config, "model_type", None) or type(config).__name__
     if model_type not in SUPPORTED_MODEL_TYPES:
         archs = ", ".join(getattr(config, "architectures", None) or []) or model_type
@@ -343,6 +374,7 @@ __all__ = [
     "bridge_from_hf",
     "enable_edge_hooks",
     "embedded_gguf_path",
+    "hf_parameters",
     "load_hf",
     "load_model",
     "model_summary",

@@ -19,6 +19,7 @@ from clue_mi.tasks.base import (
     choice_accuracy,
     logit_metric,
 )
+from clue_mi.tasks.datasets import DATASET_TASKS, DatasetUnavailableError, load_pku_saferlhf_text
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,27 @@ DEFAULT_RETAIN = ("ioi", "greater_than", "gender", "induction")
 
 
 def names() -> list[str]:
-    return list(REGISTRY)
+    """Built-in tasks first, then the real data sets (these need the hub or ``path=``)."""
+    return list(REGISTRY) + list(DATASET_TASKS)
 
 
-def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0) -> Task:
+def describe(name: str) -> str:
+    if name in REGISTRY:
+        return REGISTRY[name].description
+    return f"{DATASET_TASKS[name].description} (hub: {DATASET_TASKS[name].hub_id}, or path=)"
+
+
+def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0, **kwargs) -> Task:
     """Build task ``name`` for ``model`` (a TransformerBridge, or anything with ``.tokenizer``).
 
     ``n`` prompt pairs for attribution and ``n_eval`` held-out pairs, all of one token length;
-    the same seed gives the same task.
+    the same seed gives the same task. Real data sets take ``path=`` (a local copy in the hub's
+    format), ``split=`` and ``max_rows=`` through ``kwargs``.
     """
+    if name in DATASET_TASKS:
+        return DATASET_TASKS[name].load(model, n, n_eval, seed, **kwargs)
     if name not in REGISTRY:
-        raise KeyError(f"unknown task {name!r}; available: {', '.join(REGISTRY)}")
+        raise KeyError(f"unknown task {name!r}; available: {', '.join(names())}")
     spec = REGISTRY[name]
     tokenizer = getattr(model, "tokenizer", model)
     # Generate generously: pairs of unequal length and minority lengths are dropped.
@@ -71,6 +82,10 @@ def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0) -> Task:
 
 
 __all__ = [
+    "DATASET_TASKS",
+    "DatasetUnavailableError",
+    "load_pku_saferlhf_text",
+    "describe",
     "DEFAULT_FORGET",
     "DEFAULT_RETAIN",
     "Example",

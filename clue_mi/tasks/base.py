@@ -169,7 +169,12 @@ def build_task(
     """
     rows = []
     dropped = 0
+    seen: set[str] = set()
     for ex in examples:
+        # A repeated clean prompt would leak between the attribution and the held-out split.
+        if ex.clean in seen:
+            continue
+        seen.add(ex.clean)
         clean_ids, corrupt_ids = tokenize(tokenizer, ex.clean), tokenize(tokenizer, ex.corrupted)
         choice_ids = [answer_token(tokenizer, c) for c in ex.choices]
         # Unequal lengths would misalign positions between the two runs; distinct choice tokens

@@ -30,7 +30,12 @@ CAPITALS = {
     "Morocco": "Rabat", "Ethiopia": "Addis", "Afghanistan": "Kabul", "Nepal": "Kathmandu",
     "Switzerland": "Bern", "Serbia": "Belgrade", "Bulgaria": "Sofia", "Croatia": "Zagreb",
 }  # fmt: skip
-CAPITAL_TEMPLATES = ["The capital of {} is", "The capital city of {} is"]
+# Templates of one token length (8 with a one-token country), so all land in one prompt set.
+CAPITAL_TEMPLATES = [
+    "The capital of {} is the city of",
+    "The largest city and capital of {} is",
+    "I know that the capital of {} is",
+]
 
 NAMES = [
     "Mary", "John", "Tom", "Kate", "James", "Anna", "David", "Sarah", "Paul", "Emma",
@@ -44,12 +49,14 @@ IOI_TEMPLATES = [
     "Then,{A} and{B} had a long argument, and afterwards{B} said to",
     "While{A} and{B} were working at the school,{B} gave a book to",
 ]
+# The name sits mid-sentence: with a leading space each name is one token, so pairs align.
 GENDER_TEMPLATES = [
-    "{N} went to the store because",
-    "{N} was late for work because",
-    "{N} called the doctor because",
-    "{N} stayed at home today because",
-    "{N} could not sleep last night because",
+    "When {N} woke up,",
+    "After {N} finished work,",
+    "Because {N} was hungry,",
+    "When {N} got home,",
+    "Yesterday {N} said that",
+    "Later that day {N} realized that",
 ]
 INDUCTION_WORDS = (
     "apple river stone cloud table green music paper horse light window garden bottle chair "
@@ -101,10 +108,12 @@ def ioi(rng: random.Random, count: int) -> list[Example]:
 
 
 def greater_than(rng: random.Random, count: int) -> list[Example]:
-    """'from the year 1732 to the year 17' -> a tens digit greater than 3.
+    """'from the year 1732 to the year 17' -> a tens digit of at least 3.
 
-    The model's digits are single tokens, so the answer is the next digit. Choices are all ten
-    digits; correct ones are those greater than the start year's tens digit. Corruption: '01'.
+    The model's digits are single tokens, so the answer is the next digit: the end year is later
+    than the start year only if its tens digit is at least the start's (equal is possible, e.g.
+    1732 -> 1738). Choices are all ten digits; correct ones are those >= the start's tens digit.
+    Corruption: start year 'XX01', which makes every tens digit plausible.
     """
     out = []
     for _ in range(count):
@@ -120,7 +129,7 @@ def greater_than(rng: random.Random, count: int) -> list[Example]:
                 clean,
                 corrupted,
                 digits,
-                tuple(d > tens for d in range(10)),
+                tuple(d >= tens for d in range(10)),
                 text=clean + str(rng.randint(tens + 1, 9)) + str(rng.randint(0, 9)) + ".",
             )
         )
@@ -143,11 +152,11 @@ def gender(rng: random.Random, count: int) -> list[Example]:
     return out
 
 
-def induction(rng: random.Random, count: int, length: int = 8, prefix: int = 4) -> list[Example]:
+def induction(rng: random.Random, count: int, length: int = 8, prefix: int = 6) -> list[Example]:
     """A random word sequence repeated; predict the next word of the repeat.
 
-    Corruption replaces the first occurrence, so nothing earlier predicts the answer. The wrong
-    choice is a word that occurred in the clean sequence too, so only induction separates them.
+    Corruption replaces the first occurrence by fresh words, so nothing earlier predicts the
+    answer. The wrong choice is one of those fresh words (it never occurs in the clean prompt).
     """
     out = []
     for _ in range(count):
@@ -156,7 +165,7 @@ def induction(rng: random.Random, count: int, length: int = 8, prefix: int = 4) 
         clean = " ".join(seq + seq[:prefix])
         corrupted = " ".join(fresh + seq[:prefix])
         answer = seq[prefix]
-        wrong = rng.choice([w for w in seq if w not in (answer, seq[prefix - 1])])
+        wrong = rng.choice(fresh)
         out.append(
             Example(
                 clean,
@@ -169,42 +178,59 @@ def induction(rng: random.Random, count: int, length: int = 8, prefix: int = 4) 
     return out
 
 
+BOOL_SHOTS = (
+    "True and False is False\nFalse or True is True\nTrue and True is True\n"
+    "False or False is False\n"
+)
+ARITHMETIC_SHOTS = "1 + 2 = 3\n4 + 4 = 8\n5 + 1 = 6\n"
+BOOL_OPS = {"and": lambda x, y: x and y, "or": lambda x, y: x or y}
+
+
 def boolean(rng: random.Random, count: int) -> list[Example]:
-    """Boolean expressions: 'True and not False is' -> ' True'; corruption flips one operand."""
-    ops = {"and": lambda x, y: x and y, "or": lambda x, y: x or y}
+    """Boolean expressions after four worked examples: 'True or not False is' -> ' True'.
+
+    Without the few-shot prefix the 135M model is at chance. Corruption flips the operand that
+    changes the result.
+    """
     out = []
     for _ in range(count):
-        x, y = rng.random() < 0.5, rng.random() < 0.5
-        op = rng.choice(list(ops))
-        neg = rng.random() < 0.5
-
-        def expr(x: bool, y: bool) -> tuple[str, bool]:
-            right = f"not {y}" if neg else str(y)
-            return f"{x} {op} {right} is", ops[op](x, (not y) if neg else y)
-
-        clean, value = expr(x, y)
-        # flip the operand that changes the result (one always does for and/or)
-        for fx, fy in ((not x, y), (x, not y)):
-            corrupted, cvalue = expr(fx, fy)
-            if cvalue != value:
-                break
-        out.append(Example(clean, corrupted, (f" {value}", f" {not value}"), (True, False)))
+        x, y, op = rng.random() < 0.5, rng.random() < 0.5, rng.choice(list(BOOL_OPS))
+        # One 'not', on the left or the right operand: 16 expressions, all of one token length.
+        left = rng.random() < 0.5
+        value = BOOL_OPS[op](x != left, y == left)
+        fx, fy = (not x, y) if BOOL_OPS[op]((not x) != left, y == left) != value else (x, not y)
+        out.append(
+            Example(
+                _bool_prompt(fx=x, fy=y, op=op, left=left),
+                _bool_prompt(fx=fx, fy=fy, op=op, left=left),
+                (f" {value}", f" {not value}"),
+                (True, False),
+            )
+        )
     return out
 
 
+def _bool_prompt(fx: bool, fy: bool, op: str, left: bool) -> str:
+    expr = f"not {fx} {op} {fy}" if left else f"{fx} {op} not {fy}"
+    return f"{BOOL_SHOTS}{expr} is"
+
+
 def arithmetic(rng: random.Random, count: int) -> list[Example]:
-    """Single-digit sums below ten: '3 + 4 =' -> ' 7'; corruption changes the first operand."""
+    """Single-digit sums below ten after three worked examples: '3 + 4 = ' -> '7'.
+
+    Corruption changes the first operand. The prompt ends with the space token, because the
+    tokenizer writes ' 7' as (' ', '7').
+    """
     out = []
     for _ in range(count):
         a, b = rng.randint(0, 8), rng.randint(0, 8)
         while a + b > 9:
             a, b = rng.randint(0, 8), rng.randint(0, 8)
         c = rng.choice([v for v in range(10 - b) if v != a])
-        # The digit follows a space token (' ', '7'), so the prompt ends with that space.
         out.append(
             Example(
-                f"{a} + {b} = ",
-                f"{c} + {b} = ",
+                f"{ARITHMETIC_SHOTS}{a} + {b} = ",
+                f"{ARITHMETIC_SHOTS}{c} + {b} = ",
                 (str(a + b), str(c + b)),
                 (True, False),
             )
