@@ -1,0 +1,781 @@
+"""Masked two-stage unlearning (CLUE, paper Section 4), its baselines, and HF export.
+
+* Losses: **GA** (gradient ascent, ``-NLL`` of forget text), **NPO** (negative preference
+  optimization against reference NLLs computed once before training), **PO** (NLL of a refusal
+  after each forget prompt, answer tokens only), and the retain NLL.
+* ``unlearn``: stage 1 updates only forget-mask elements with the forget loss; stage 2 only
+  conflict-mask elements with ``forget + lam * retain``. Both use ``MaskedAdamW``, whose state
+  holds exactly the masked elements and which writes nothing else: every element outside the
+  active mask stays bit-identical.
+* ``unlearn_baseline`` + ``baseline_mask``: one stage, same step budget, on all weights, a
+  WAGLE-style weight-attribution mask, a random mask, or the union of a node set.
+* ``export_hf``: a standard HF checkpoint of the edited weights.
+
+Training runs through a plain HF model that *shares* the parameter tensors of
+``bridge.original_model`` (``plain_hf_model``): the bridge's per-head hooks make its forward
+several times slower, and since the tensors are shared every update is seen by the bridge.
+The model is kept in eval mode while training (no dropout), so runs are deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from clue_mi.masks import (
+    Mask,
+    full_mask,
+    get_parameter,
+    hf_model,
+    hf_parameters,
+    layer_matrices,
+    mask_from_nodes,
+)
+
+LossName = Literal["po", "ga", "npo"]
+LOSSES: tuple[str, ...] = ("po", "ga", "npo")
+
+REFUSALS: tuple[str, ...] = (
+    " I don't know.",
+    " I'm not sure.",
+    " I don't know the answer to that.",
+    " Sorry, I can't help with that.",
+)
+"""Refusal answers for PO; prompt ``i`` gets ``REFUSALS[i % len(REFUSALS)]`` (deterministic)."""
+
+
+# ----------------------------------------------------------------------------- plain HF forward
+
+
+def plain_hf_model(model, attn_implementation: str | None = "sdpa") -> Any:
+    """A plain HF model whose parameters *are* ``model``'s (no copy, no bridge hooks).
+
+    For a TransformerBridge the HF modules are wrapped by bridge components; this builds the same
+    architecture on the meta device and assigns it the very same ``nn.Parameter`` objects (and
+    the rotary buffers), so a forward here is the HF computation and an in-place update of a
+    parameter is seen by the bridge. A plain HF model is returned as is.
+    """
+    from transformers import AutoModelForCausalLM
+
+    hf = hf_model(model)
+    if not any("_original_component" in n for n, _ in hf.named_parameters(remove_duplicate=False)):
+        return hf
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.device("meta"):
+        try:
+            plain = AutoModelForCausalLM.from_config(hf.config, **kwargs)
+        except (ValueError, ImportError):  # the architecture lacks that attention kernel
+            plain = AutoModelForCausalLM.from_config(hf.config)
+    names = [n for n, _ in plain.named_parameters(remove_duplicate=False)]
+    plain.load_state_dict({n: get_parameter(model, n) for n in names}, assign=True, strict=True)
+    for name, _ in list(plain.named_buffers()):
+        module, _, attr = name.rpartition(".")
+        source: Any = hf
+        for part in name.split("."):
+            source = getattr(source, part)
+        setattr(plain.get_submodule(module), attr, source)
+    return plain.eval()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids; ``target`` marks the positions whose token is predicted."""
+
+    input_ids: Int[Tensor, "b p"]
+    attention_mask: Int[Tensor, "b p"]
+    target: Bool[Tensor, "b p"]
+    index: Int[Tensor, " b"]  # example indices in the data set (NPO reference lookup)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.target.to(device),
+            self.index,
+        )
+
+
+@dataclass
+class Encoded:
+    """A tokenized data set: per example its ids and which of them the loss predicts."""
+
+    ids: list[list[int]]
+    target: list[list[bool]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        width = max(len(self.ids[i]) for i in indices)
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(indices), width), dtype=torch.long)
+        tgt = torch.zeros((len(indices), width), dtype=torch.bool)
+        for row, i in enumerate(indices):
+            n = len(self.ids[i])
+            ids[row, :n] = torch.tensor(self.ids[i])
+            att[row, :n] = 1
+            tgt[row, :n] = torch.tensor(self.target[i])
+        return Batch(ids, att, tgt, torch.tensor(list(indices)))
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[Batch]:
+        order = list(range(len(self))) if order is None else list(order)
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> Encoded:
+    """Full sentences: every token after the first is a target (the model's own BOS included)."""
+    ids = [list(tokenizer(t)["input_ids"]) for t in texts]
+    return Encoded(ids, [[False] + [True] * (len(x) - 1) for x in ids], _pad_id(tokenizer))
+
+
+def refusal_for(i: int, refusals: Sequence[str] = REFUSALS) -> str:
+    return refusals[i % len(refusals)]
+
+
+def encode_prompt_answers(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str] | None = None
+) -> Encoded:
+    """Prompt + answer; only the answer tokens are targets. Default answers: ``REFUSALS``.
+
+    Prompt and answer are tokenized separately (the answer without special tokens), so the
+    targets are exactly the answer's tokens whatever the tokenizer does at the boundary.
+    """
+    if answers is None:
+        answers = [refusal_for(i) for i in range(len(prompts))]
+    if len(answers) != len(prompts):
+        raise ValueError("one answer per prompt is needed")
+    ids, target = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        p = list(tokenizer(prompt)["input_ids"])
+        a = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        ids.append(p + a)
+        target.append([False] * len(p) + [True] * len(a))
+    return Encoded(ids, target, _pad_id(tokenizer))
+
+
+def forget_data(task, loss: LossName) -> list[str]:
+    """What ``unlearn`` forgets for a task: prompts for PO, full sentences for GA / NPO.
+
+    Both the attribution and the eval split: the facts to remove are those eval asks about.
+    """
+    if loss == "po":
+        return list(task.prompts.clean) + list(task.eval.clean)
+    return list(task.train_text) + list(task.eval_text)
+
+
+def retain_data(tasks: Sequence[Any]) -> list[str]:
+    """Retain text: the attribution sentences of every retain task (eval stays unseen)."""
+    return [s for task in tasks for s in task.train_text]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def token_nll(model, batch: Batch) -> Float[Tensor, "b p"]:
+    """NLL of each target token (0 elsewhere); position ``t`` is predicted from ``< t``."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    nll = nll * batch.target[:, 1:]
+    return F.pad(nll, (1, 0))
+
+
+def sequence_nll(model, batch: Batch) -> Float[Tensor, " b"]:
+    """Summed NLL of each example's targets (``-log pi(y|x)``)."""
+    return token_nll(model, batch).sum(1)
+
+
+def mean_nll(model, batch: Batch) -> Float[Tensor, ""]:
+    """NLL averaged over all target tokens of the batch."""
+    return token_nll(model, batch).sum() / batch.target[:, 1:].sum().clamp(min=1)
+
+
+def ga_loss(model, batch: Batch) -> Float[Tensor, ""]:
+    """Gradient ascent: minimize ``-NLL`` of the forget text."""
+    return -mean_nll(model, batch)
+
+
+def npo_loss(
+    model, batch: Batch, ref_nll: Float[Tensor, " b"], beta: float = 0.1
+) -> Float[Tensor, ""]:
+    """NPO: ``(2/beta) E[log(1 + (pi/pi_ref)^beta)] = -(2/beta) E[log sigma(beta(l - l_ref))]``.
+
+    ``l`` is the summed NLL of an example under the model, ``l_ref`` under the reference model.
+    """
+    nll = sequence_nll(model, batch)
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll.to(nll.device))).mean()
+
+
+def po_loss(model, batch: Batch) -> Float[Tensor, ""]:
+    """Preference optimization: NLL of the refusal answer tokens after each forget prompt."""
+    return mean_nll(model, batch)
+
+
+def retain_loss(model, batch: Batch) -> Float[Tensor, ""]:
+    return mean_nll(model, batch)
+
+
+@torch.no_grad()
+def reference_nll(model, data: Encoded, batch_size: int) -> Float[Tensor, " n"]:
+    """Summed NLL of every example under the current weights (NPO's ``l_ref``), on CPU."""
+    device = next(model.parameters()).device
+    out = torch.zeros(len(data))
+    for batch in data.batches(batch_size):
+        out[batch.index] = sequence_nll(model, batch.to(device)).float().cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+class MaskedAdamW:
+    """AdamW over the masked elements of some parameters, and nothing else.
+
+    For each parameter it keeps ``exp_avg`` / ``exp_avg_sq`` of exactly ``mask.sum()`` elements
+    (the whole parameter when the mask is full). ``step`` gathers the masked gradient entries,
+    and writes the updated values back in place under ``no_grad``; unmasked elements are never
+    written, so they stay bit-identical (no weight decay or momentum leaks onto them).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[nn.Parameter, Bool[Tensor, "*dims"]]],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.t = 0
+        self.groups: list[dict[str, Any]] = []
+        for param, mask in entries:
+            mask = mask.to(param.device)
+            dense = bool(mask.all())
+            n = param.numel() if dense else int(mask.sum())
+            self.groups.append(
+                {
+                    "param": param,
+                    "mask": None if dense else mask,
+                    "exp_avg": torch.zeros(n, dtype=param.dtype, device=param.device),
+                    "exp_avg_sq": torch.zeros(n, dtype=param.dtype, device=param.device),
+                }
+            )
+
+    def state_numel(self) -> int:
+        """Elements covered by the state (= mask size); each has two moments."""
+        return sum(g["exp_avg"].numel() for g in self.groups)
+
+    def state_bytes(self) -> int:
+        return sum(
+            g[k].numel() * g[k].element_size()
+            for g in self.groups
+            for k in ("exp_avg", "exp_avg_sq")
+        )
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+        for g in self.groups:
+            param, mask = g["param"], g["mask"]
+            if param.grad is None:
+                continue
+            grad = param.grad.reshape(-1) if mask is None else param.grad[mask]
+            m, v = g["exp_avg"], g["exp_avg_sq"]
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+            values = param.data.reshape(-1) if mask is None else param.data[mask]
+            if self.weight_decay:
+                values.mul_(1 - self.lr * self.weight_decay)
+            values.addcdiv_(m, denom, value=-self.lr / bc1)
+            if mask is not None:
+                param.data[mask] = values  # scatter: only masked elements are written
+
+    def zero_grad(self) -> None:
+        for g in self.groups:
+            g["param"].grad = None
+
+
+def _entries(model, mask: Mapping[str, Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
+    """(parameter, mask) pairs; names of one tied tensor are merged (OR), empty masks dropped."""
+    merged: dict[int, tuple[nn.Parameter, Tensor]] = {}
+    for name, m in mask.items():
+        param = get_parameter(model, name)
+        if m.shape != param.shape:
+            raise ValueError(
+                f"mask for {name} has shape {tuple(m.shape)}, not {tuple(param.shape)}"
+            )
+        prev = merged.get(id(param))
+        m = m.bool().to(param.device)
+        merged[id(param)] = (param, m if prev is None else prev[1] | m)
+    return [(p, m) for p, m in merged.values() if bool(m.any())]
+
+
+@contextmanager
+def _only_grad_for(model, params: Sequence[nn.Parameter]):
+    """Gradients for ``params`` only (saves backward work); restores ``requires_grad`` after."""
+    all_params = list(hf_parameters(model).values())
+    before = [p.requires_grad for p in all_params]
+    active = {id(p) for p in params}
+    try:
+        for p in all_params:
+            p.requires_grad_(id(p) in active)
+            p.grad = None
+        yield
+    finally:
+        for p, flag in zip(all_params, before, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class UnlearnResult:
+    """What a run did: per-step losses, NPO references, optimizer sizes and steps per stage."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    ref_nll: Tensor | None = None
+    state_numel: dict[int, int] = field(default_factory=dict)
+    state_bytes: dict[int, int] = field(default_factory=dict)
+    steps: dict[int, int] = field(default_factory=dict)
+
+    def losses(self, stage: int | None = None) -> list[float]:
+        return [h["loss"] for h in self.history if stage is None or h["stage"] == stage]
+
+
+@dataclass
+class _Setup:
+    net: Any
+    forget: Encoded
+    retain: Encoded | None
+    loss: str
+    beta: float
+    ref_nll: Tensor | None
+    batch_size: int
+    seed: int
+    progress: bool
+    weight_decay: float
+
+
+def _prepare(
+    model,
+    forget: Sequence[str],
+    retain: Sequence[str] | None,
+    loss: str,
+    beta: float,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    weight_decay: float,
+    tokenizer,
+    refusals: Sequence[str] | None,
+) -> _Setup:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if not forget:
+        raise ValueError("the forget set is empty")
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    net = plain_hf_model(model).eval()  # no dropout: deterministic per seed
+    if loss == "po":
+        answers = [refusal_for(i, refusals or REFUSALS) for i in range(len(forget))]
+        enc_f = encode_prompt_answers(tokenizer, forget, answers)
+    else:
+        enc_f = encode_texts(tokenizer, forget)
+    enc_r = encode_texts(tokenizer, retain) if retain else None
+    # NPO's reference is the model before any update; computed once, no second model kept.
+    ref = reference_nll(net, enc_f, batch_size) if loss == "npo" else None
+    return _Setup(net, enc_f, enc_r, loss, beta, ref, batch_size, seed, progress, weight_decay)
+
+
+def _forget_loss(s: _Setup, batch: Batch) -> Tensor:
+    if s.loss == "ga":
+        return ga_loss(s.net, batch)
+    if s.loss == "npo":
+        assert s.ref_nll is not None
+        return npo_loss(s.net, batch, s.ref_nll[batch.index], s.beta)
+    return po_loss(s.net, batch)
+
+
+def _run_stage(
+    model,
+    s: _Setup,
+    stage: int,
+    mask: Mapping[str, Tensor],
+    epochs: int,
+    lr: float,
+    lam: float,
+    result: UnlearnResult,
+) -> None:
+    """Train the elements of ``mask`` for ``epochs`` epochs (loss: forget + lam * retain)."""
+    entries = _entries(model, mask)
+    if not entries or epochs <= 0:
+        result.steps[stage], result.state_numel[stage], result.state_bytes[stage] = 0, 0, 0
+        return
+    use_retain = lam != 0 and s.retain is not None
+    opt = MaskedAdamW(entries, lr=lr, weight_decay=s.weight_decay)
+    result.state_numel[stage], result.state_bytes[stage] = opt.state_numel(), opt.state_bytes()
+    rng = random.Random(f"{s.seed}:{stage}")
+    device = next(s.net.parameters()).device
+    retain_iter = _cycle(s.retain, s.batch_size, rng) if use_retain and s.retain else None
+    n_steps = epochs * math.ceil(len(s.forget) / s.batch_size)
+    bar = tqdm(total=n_steps, desc=f"unlearn stage {stage}", disable=not s.progress, leave=False)
+    step = 0
+    with _only_grad_for(model, [p for p, _ in entries]):
+        for epoch in range(epochs):
+            order = list(range(len(s.forget)))
+            rng.shuffle(order)
+            for batch in s.forget.batches(s.batch_size, order):
+                f_loss = _forget_loss(s, batch.to(device))
+                total, r_val = f_loss, float("nan")  # nan: no retain loss in this stage
+                if retain_iter is not None:
+                    r_loss = retain_loss(s.net, next(retain_iter).to(device))
+                    total, r_val = f_loss + lam * r_loss, r_loss.item()
+                total.backward()
+                opt.step()
+                opt.zero_grad()
+                step += 1
+                result.history.append(
+                    {
+                        "stage": stage,
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": total.item(),
+                        "forget_loss": f_loss.item(),
+                        "retain_loss": r_val,
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{total.item():.3f}")
+    bar.close()
+    result.steps[stage] = step
+
+
+def _cycle(data: Encoded, batch_size: int, rng: random.Random) -> Iterator[Batch]:
+    while True:
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        yield from data.batches(batch_size, order)
+
+
+def unlearn(
+    model,
+    forget: Sequence[str],
+    retain: Sequence[str] | None,
+    forget_mask: Mapping[str, Tensor],
+    conflict_mask: Mapping[str, Tensor] | None = None,
+    loss: LossName = "po",
+    epochs: tuple[int, int] = (1, 5),
+    lr: float = 1e-5,
+    lam: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    beta: float = 0.1,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+    tokenizer=None,
+    refusals: Sequence[str] | None = None,
+) -> UnlearnResult:
+    """CLUE's two-stage masked unlearning, written in place into ``bridge.original_model``.
+
+    Args:
+        model: a TransformerBridge (or an HF causal LM, then pass ``tokenizer``).
+        forget: forget *prompts* for ``loss="po"`` (a refusal is appended to each), forget
+            *sentences* for ``"ga"`` / ``"npo"``; see ``forget_data``.
+        retain: retain sentences (stage 2's retain loss); ``None`` for none.
+        forget_mask: elements stage 1 may change (forget loss only).
+        conflict_mask: elements stage 2 may change (forget + ``lam`` * retain loss); an empty
+            or ``None`` mask skips stage 2 (the satisfiable case).
+        epochs: epochs of stage 1 and stage 2; one epoch = one pass over ``forget`` in batches
+            of ``batch_size`` (stage 2 draws one retain batch per step, cycling).
+        lr, weight_decay: AdamW hyper-parameters (decay touches masked elements only).
+        beta: NPO temperature.
+    """
+    s = _prepare(
+        model,
+        forget,
+        retain,
+        loss,
+        beta,
+        batch_size,
+        seed,
+        progress,
+        weight_decay,
+        tokenizer,
+        refusals,
+    )
+    result = UnlearnResult(ref_nll=s.ref_nll)
+    torch.manual_seed(seed)
+    _run_stage(model, s, 1, forget_mask, epochs[0], lr, 0.0, result)
+    _run_stage(model, s, 2, conflict_mask or {}, epochs[1], lr, lam, result)
+    return result
+
+
+def unlearn_baseline(
+    model,
+    forget: Sequence[str],
+    retain: Sequence[str] | None,
+    mask: Mapping[str, Tensor],
+    loss: LossName = "po",
+    epochs: int = 6,
+    lr: float = 1e-5,
+    lam: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    beta: float = 0.1,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+    tokenizer=None,
+    refusals: Sequence[str] | None = None,
+) -> UnlearnResult:
+    """One stage on ``mask`` with forget + ``lam`` * retain loss, for ``epochs`` epochs.
+
+    The default budget (6 epochs) is the step count of CLUE's default 1 + 5; use ``lam=0`` for
+    a forget-loss-only baseline. With ``full_mask`` this is plain fine-tuning (dense AdamW
+    state over every weight, weight decay 0 by default).
+    """
+    s = _prepare(
+        model,
+        forget,
+        retain,
+        loss,
+        beta,
+        batch_size,
+        seed,
+        progress,
+        weight_decay,
+        tokenizer,
+        refusals,
+    )
+    result = UnlearnResult(ref_nll=s.ref_nll)
+    torch.manual_seed(seed)
+    _run_stage(model, s, 1, mask, epochs, lr, lam, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- baseline masks
+
+
+def _pool(model) -> list[tuple[str, nn.Parameter]]:
+    """Parameters eligible for random / WAGLE masks: the per-layer attention and MLP matrices."""
+    names = dict.fromkeys(v.slice.param for v in layer_matrices(model))
+    return [(n, get_parameter(model, n)) for n in names]
+
+
+def random_mask(model, size: int, seed: int = 0) -> Mask:
+    """``size`` elements drawn uniformly without replacement from the ``_pool`` matrices."""
+    import numpy as np
+
+    pool = _pool(model)
+    numels = np.array([p.numel() for _, p in pool])
+    if not 0 <= size <= numels.sum():
+        raise ValueError(f"size {size} outside 0..{int(numels.sum())}")
+    counts = np.random.default_rng(seed).multivariate_hypergeometric(numels, size)
+    gen = torch.Generator().manual_seed(seed)
+    mask: Mask = {}
+    for (name, param), k in zip(pool, counts, strict=True):
+        if k == 0:
+            continue
+        flat = torch.zeros(param.numel(), dtype=torch.bool)
+        flat[torch.randperm(param.numel(), generator=gen)[: int(k)]] = True
+        mask[name] = flat.view(param.shape).to(param.device)
+    return mask
+
+
+def wagle_scores(
+    model,
+    forget: Sequence[str],
+    loss: LossName = "po",
+    batch_size: int = 8,
+    tokenizer=None,
+    refusals: Sequence[str] | None = None,
+) -> dict[str, Tensor]:
+    """First-order weight attribution ``|w * dL_forget/dw|`` over the ``_pool`` matrices.
+
+    The gradient is that of the forget loss averaged over the whole forget set (for NPO at
+    ``theta = theta_ref`` its gradient is proportional to GA's, so GA's is used). This is the
+    first-order core of WAGLE (Jia et al., 2024): the estimated change of the forget loss when a
+    weight is zeroed; the retain-side Hessian correction of the full WAGLE score is omitted.
+    """
+    s = _prepare(
+        model,
+        forget,
+        None,
+        "ga" if loss == "npo" else loss,
+        0.1,
+        batch_size,
+        0,
+        False,
+        0.0,
+        tokenizer,
+        refusals,
+    )
+    pool = _pool(model)
+    device = next(s.net.parameters()).device
+    n_batches = math.ceil(len(s.forget) / batch_size)
+    with _only_grad_for(model, [p for _, p in pool]):
+        for batch in s.forget.batches(batch_size):
+            (_forget_loss(s, batch.to(device)) / n_batches).backward()
+        scores = {n: (p.detach() * p.grad).abs() for n, p in pool if p.grad is not None}
+    return scores
+
+
+def wagle_mask(model, size: int, forget: Sequence[str], loss: LossName = "po", **kw) -> Mask:
+    """The ``size`` elements of largest ``wagle_scores`` (ties broken by position)."""
+    scores = wagle_scores(model, forget, loss, **kw)
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names])
+    if not 0 <= size <= flat.numel():
+        raise ValueError(f"size {size} outside 0..{flat.numel()}")
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.topk(flat, size, sorted=False).indices] = True
+    mask: Mask = {}
+    offset = 0
+    for n in names:
+        numel = scores[n].numel()
+        part = keep[offset : offset + numel].view(scores[n].shape)
+        offset += numel
+        if part.any():
+            mask[n] = part.to(scores[n].device)
+    return mask
+
+
+def baseline_mask(
+    model,
+    kind: Literal["all", "random", "wagle", "nodes"],
+    size: int | None = None,
+    *,
+    forget: Sequence[str] | None = None,
+    loss: LossName = "po",
+    nodes: Sequence[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    tokenizer=None,
+) -> Mask:
+    """Masks of the baselines (DESIGN.md §8).
+
+    * ``"all"``: every parameter (full fine-tuning);
+    * ``"random"``: ``size`` uniformly random elements of the attention / MLP matrices;
+    * ``"wagle"``: the ``size`` elements of largest ``|w * grad of the forget loss|`` (needs
+      ``forget`` and ``loss``);
+    * ``"nodes"``: every element owned by ``nodes`` (pass the union of the forget circuit's
+      nodes for the "entangled" localization).
+
+    Use ``masks.mask_size(clue_mask)`` as ``size`` to match CLUE's mask.
+    """
+    if kind == "all":
+        return full_mask(model)
+    if kind == "nodes":
+        if nodes is None:
+            raise ValueError("baseline 'nodes' needs nodes=")
+        return mask_from_nodes(model, nodes)
+    if size is None:
+        raise ValueError(f"baseline {kind!r} needs size= (e.g. masks.mask_size(clue_mask))")
+    if kind == "random":
+        return random_mask(model, size, seed)
+    if kind == "wagle":
+        if forget is None:
+            raise ValueError("baseline 'wagle' needs forget= (the forget data)")
+        return wagle_mask(model, size, forget, loss, batch_size=batch_size, tokenizer=tokenizer)
+    raise ValueError(f"unknown baseline {kind!r}; choose all, random, wagle or nodes")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def original_tokenizer(model) -> Any:
+    """The tokenizer the model was distributed with, not the bridge's BOS-adding copy.
+
+    TransformerBridge replaces a tokenizer that does not add BOS by a reloaded one with
+    ``add_bos_token=True`` (for SmolLM2 the BOS is ``<|im_start|>``). Saving that copy would
+    change how the exported checkpoint tokenizes (and double the BOS under the chat template),
+    so we reload the original from the same local folder. If that fails, the bridge's tokenizer
+    is used, with a warning.
+    """
+    from transformers import AutoTokenizer
+
+    tok = model.tokenizer
+    kwargs = {
+        k: v for k, v in tok.init_kwargs.items() if k not in ("name_or_path", "add_bos_token")
+    }
+    kwargs["local_files_only"] = True
+    try:
+        return AutoTokenizer.from_pretrained(tok.name_or_path, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        warnings.warn(
+            f"could not reload the original tokenizer from {tok.name_or_path!r} ({err}); "
+            "exporting the bridge's BOS-adding tokenizer instead",
+            stacklevel=2,
+        )
+        return tok
+
+
+def export_hf(model, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write the (unlearned) model as a standard HF checkpoint in a new folder.
+
+    Reload with ``AutoModelForCausalLM.from_pretrained(out_dir)``. Parameter names are the
+    plain HF ones (the bridge's ``_original_component`` aliases are not written); the tokenizer
+    is ``original_tokenizer(model)`` unless given. Refuses an existing ``out_dir``; the model
+    files it was loaded from are never touched.
+    """
+    from clue_mi.models import save_hf_checkpoint
+
+    if tokenizer is None:
+        tokenizer = original_tokenizer(model)
+    return save_hf_checkpoint(plain_hf_model(model), tokenizer, out_dir)
+
+
+__all__ = [
+    "Batch",
+    "Encoded",
+    "LOSSES",
+    "MaskedAdamW",
+    "REFUSALS",
+    "UnlearnResult",
+    "baseline_mask",
+    "encode_prompt_answers",
+    "encode_texts",
+    "export_hf",
+    "forget_data",
+    "ga_loss",
+    "mean_nll",
+    "npo_loss",
+    "original_tokenizer",
+    "plain_hf_model",
+    "po_loss",
+    "random_mask",
+    "reference_nll",
+    "retain_data",
+    "retain_loss",
+    "sequence_nll",
+    "token_nll",
+    "unlearn",
+    "unlearn_baseline",
+    "wagle_mask",
+    "wagle_scores",
+]

@@ -1,0 +1,337 @@
+"""Masked two-stage unlearning: bit-identity outside the mask, losses, baselines, HF export."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from clue_mi import masks as M
+from clue_mi import unlearn as U
+
+FORGET_TEXT = [
+    "The capital of France is Paris.",
+    "The capital of Spain is Madrid.",
+    "The capital of Italy is Rome.",
+    "The capital of Japan is Tokyo.",
+    "The capital of Egypt is Cairo.",
+    "The capital of Peru is Lima.",
+]
+FORGET_PROMPTS = [t.removesuffix(".").rsplit(" ", 1)[0] for t in FORGET_TEXT]
+RETAIN_TEXT = [
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "The war lasted from 1732 to 1756.",
+    "Alice said that she would come.",
+    "one two three one two three",
+]
+FORGET_NODES = ["a0.h1.q", "a1.g0.k", "m1"]
+CONFLICT_NODES = ["a0.h2", "a1.g1.v"]
+
+
+@pytest.fixture
+def model(tiny):
+    """The session's tiny model, with every weight restored after the test."""
+    saved = {n: p.detach().clone() for n, p in M.hf_parameters(tiny).items()}
+    yield tiny
+    with torch.no_grad():
+        for n, p in M.hf_parameters(tiny).items():
+            p.copy_(saved[n])
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in M.hf_parameters(model).items()}
+
+
+def assert_only_mask_changed(model, before, mask):
+    for name, p in M.hf_parameters(model).items():
+        m = mask.get(name)
+        if m is None:
+            assert torch.equal(p, before[name]), f"{name} changed outside the mask"
+            continue
+        assert torch.equal(p[~m], before[name][~m]), f"{name} changed outside the mask"
+        moved = (p[m] != before[name][m]).float().mean()
+        assert moved > 0.9, f"only {moved:.2f} of the masked elements of {name} moved"
+
+
+def forget_for(loss):
+    return FORGET_PROMPTS if loss == "po" else FORGET_TEXT
+
+
+@pytest.mark.parametrize("loss", ["ga", "npo", "po"])
+def test_each_stage_touches_only_its_mask(model, loss):
+    fm, cm = M.forget_mask(model, FORGET_NODES), M.conflict_mask(model, CONFLICT_NODES)
+    before = snapshot(model)
+    r1 = U.unlearn(
+        model,
+        forget_for(loss),
+        RETAIN_TEXT,
+        fm,
+        cm,
+        loss=loss,
+        epochs=(2, 0),
+        lr=1e-3,
+        batch_size=4,
+        progress=False,
+    )
+    assert_only_mask_changed(model, before, fm)
+    assert r1.steps == {1: 4, 2: 0}
+    mid = snapshot(model)
+    r2 = U.unlearn(
+        model,
+        forget_for(loss),
+        RETAIN_TEXT,
+        fm,
+        cm,
+        loss=loss,
+        epochs=(0, 2),
+        lr=1e-3,
+        batch_size=4,
+        progress=False,
+    )
+    assert_only_mask_changed(model, mid, cm)
+    assert r2.steps == {1: 0, 2: 4}
+    assert all(h["retain_loss"] == h["retain_loss"] for h in r2.history)  # stage 2 uses retain
+    assert r1.state_numel[1] == M.mask_size(fm) and r2.state_numel[2] == M.mask_size(cm)
+    assert r1.state_bytes[1] == 2 * 4 * M.mask_size(fm)
+
+
+def test_bridge_sees_the_updates(model):
+    toks = model.tokenizer(FORGET_TEXT[:1], return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = model(toks)
+    U.unlearn(
+        model,
+        FORGET_TEXT,
+        None,
+        M.forget_mask(model, ["m1"]),
+        None,
+        loss="ga",
+        epochs=(1, 0),
+        lr=1e-3,
+        progress=False,
+    )
+    with torch.no_grad():
+        after = model(toks)
+        plain = U.plain_hf_model(model)(toks).logits
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)
+
+
+def forget_nll(model, loss="ga"):
+    enc = (
+        U.encode_prompt_answers(model.tokenizer, FORGET_PROMPTS)
+        if loss == "po"
+        else U.encode_texts(model.tokenizer, FORGET_TEXT)
+    )
+    net = U.plain_hf_model(model)
+    with torch.no_grad():
+        return float(U.mean_nll(net, enc.batch(range(len(enc)))))
+
+
+def test_ga_raises_forget_nll(model):
+    before = forget_nll(model)
+    U.unlearn(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        M.forget_mask(model, FORGET_NODES),
+        M.conflict_mask(model, CONFLICT_NODES),
+        loss="ga",
+        epochs=(2, 2),
+        lr=1e-3,
+        batch_size=3,
+        progress=False,
+    )
+    assert forget_nll(model) > before + 0.05
+
+
+def test_po_lowers_refusal_nll(model):
+    before = forget_nll(model, "po")
+    U.unlearn(
+        model,
+        FORGET_PROMPTS,
+        RETAIN_TEXT,
+        M.forget_mask(model, FORGET_NODES),
+        M.conflict_mask(model, CONFLICT_NODES),
+        loss="po",
+        epochs=(2, 2),
+        lr=1e-3,
+        batch_size=3,
+        progress=False,
+    )
+    assert forget_nll(model, "po") < before - 0.05
+
+
+def test_po_targets_only_the_answer(model):
+    enc = U.encode_prompt_answers(model.tokenizer, ["The capital of France is"], [" Paris"])
+    n_prompt = len(model.tokenizer("The capital of France is")["input_ids"])
+    assert enc.target[0] == [False] * n_prompt + [True] * (len(enc.ids[0]) - n_prompt)
+    assert U.refusal_for(0) == U.REFUSALS[0] and U.refusal_for(len(U.REFUSALS)) == U.REFUSALS[0]
+
+
+def test_npo_reference_computed_once(model, monkeypatch):
+    calls = []
+    real = U.reference_nll
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(U, "reference_nll", counting)
+    enc = U.encode_texts(model.tokenizer, FORGET_TEXT)
+    with torch.no_grad():
+        expected = U.sequence_nll(U.plain_hf_model(model), enc.batch(range(len(enc))))
+    result = U.unlearn(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        M.forget_mask(model, FORGET_NODES),
+        M.conflict_mask(model, CONFLICT_NODES),
+        loss="npo",
+        epochs=(2, 2),
+        lr=1e-3,
+        batch_size=3,
+        progress=False,
+    )
+    assert len(calls) == 1
+    assert result.ref_nll is not None
+    torch.testing.assert_close(result.ref_nll, expected, atol=1e-4, rtol=1e-5)
+    # At theta = theta_ref the NPO loss is (2/beta) log 2.
+    assert result.history[0]["forget_loss"] == pytest.approx(
+        2 / 0.1 * torch.log(torch.tensor(2.0)).item(), rel=1e-4
+    )
+    # The model moved away from the reference, the reference did not move.
+    with torch.no_grad():
+        now = U.sequence_nll(U.plain_hf_model(model), enc.batch(range(len(enc))))
+    assert not torch.allclose(now, expected)
+
+
+def test_masked_adamw_matches_torch_adamw():
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(5, 4))
+    ref = torch.nn.Parameter(ours.detach().clone())
+    opt = U.MaskedAdamW([(ours, torch.ones(5, 4, dtype=torch.bool))], lr=1e-2, weight_decay=0.1)
+    topt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1)
+    for _ in range(5):
+        g = torch.randn(5, 4)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        topt.step()
+    torch.testing.assert_close(ours.detach(), ref.detach())
+    # Masked: the masked entries follow AdamW on those entries alone; the rest never move.
+    masked = torch.nn.Parameter(torch.randn(6))
+    start = masked.detach().clone()
+    mask = torch.tensor([True, False, True, False, False, True])
+    opt = U.MaskedAdamW([(masked, mask)], lr=1e-2, weight_decay=0.5)
+    masked.grad = torch.ones(6)
+    opt.step()
+    assert opt.state_numel() == 3
+    assert torch.equal(masked.detach()[~mask], start[~mask])
+    assert (masked.detach()[mask] != start[mask]).all()
+
+
+def test_full_baseline_is_dense(model):
+    full = U.baseline_mask(model, "all")
+    n_params = sum(p.numel() for p in M.hf_parameters(model).values())
+    before = snapshot(model)
+    r = U.unlearn_baseline(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        full,
+        loss="ga",
+        epochs=2,
+        lr=1e-3,
+        batch_size=3,
+        progress=False,
+    )
+    assert r.state_numel[1] == n_params and r.steps[1] == 4
+    assert not torch.equal(M.get_parameter(model, "model.norm.weight"), before["model.norm.weight"])
+
+
+def test_baseline_masks_have_the_requested_size(model):
+    size = 3000
+    rnd = U.baseline_mask(model, "random", size, seed=1)
+    assert M.mask_size(rnd) == size
+    assert M.mask_size(U.baseline_mask(model, "random", size, seed=1)) == size
+    assert all("layers" in n and "norm" not in n for n in rnd)
+    wagle = U.baseline_mask(model, "wagle", size, forget=FORGET_PROMPTS, loss="po")
+    assert M.mask_size(wagle) == size
+    scores = U.wagle_scores(model, FORGET_PROMPTS, "po")
+    kept = torch.cat([scores[n][m] for n, m in wagle.items()])
+    dropped = torch.cat([s[~wagle[n]] if n in wagle else s.flatten() for n, s in scores.items()])
+    assert kept.min() >= dropped.max()
+    nodes = U.baseline_mask(model, "nodes", nodes=["m0", "a1.h1"])
+    assert M.mask_size(nodes) == 3 * 256 * 64 + 64 * 16
+    with pytest.raises(ValueError):
+        U.baseline_mask(model, "random")
+
+
+def test_export_roundtrip(model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    U.unlearn(
+        model,
+        FORGET_TEXT,
+        None,
+        M.forget_mask(model, ["m0"]),
+        None,
+        loss="ga",
+        epochs=(1, 0),
+        lr=1e-3,
+        progress=False,
+    )
+    out = U.export_hf(model, tmp_path / "unlearned")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    toks = model.tokenizer(FORGET_TEXT[:2], return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(toks).logits, model(toks), atol=1e-4, rtol=1e-4)
+        assert torch.equal(reloaded(toks).logits, U.plain_hf_model(model)(toks).logits)
+    # The checkpoint carries the original tokenizer, not the bridge's BOS-adding copy.
+    tok = AutoTokenizer.from_pretrained(out)
+    original = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)
+    assert tok(FORGET_TEXT[0])["input_ids"] == original(FORGET_TEXT[0])["input_ids"]
+    with pytest.raises(FileExistsError):
+        U.export_hf(model, out)
+
+
+@pytest.mark.integration
+def test_masked_po_forgets_capitals_on_smollm2(smol):
+    from clue_mi import tasks
+
+    task = tasks.get("capitals", smol, n=16, n_eval=16, seed=0)
+    nodes = ["m14", "m16", "m18", "a18.h3"]
+    fm = M.forget_mask(smol, nodes)
+    cm = M.conflict_mask(smol, ["m15"])
+    ev = task.eval
+
+    def correct_logit() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = smol(ev.clean_tokens)[:, -1]
+        acc = tasks.choice_accuracy(logits, ev.choices, ev.good).float().mean()
+        return float(acc), float(logits.gather(1, ev.correct[:, None]).mean())
+
+    saved = snapshot(smol)
+    try:
+        acc0, logit0 = correct_logit()
+        U.unlearn(
+            smol,
+            U.forget_data(task, "po"),
+            None,
+            fm,
+            cm,
+            loss="po",
+            epochs=(2, 1),
+            lr=3e-4,
+            batch_size=8,
+            progress=False,
+        )
+        acc1, logit1 = correct_logit()
+        assert acc1 < acc0 or logit1 < logit0 - 1.0
+        assert_only_mask_changed(smol, saved, M.union(fm, cm))
+    finally:
+        with torch.no_grad():
+            for n, p in M.hf_parameters(smol).items():
+                p.copy_(saved[n])
