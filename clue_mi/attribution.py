@@ -64,7 +64,7 @@ __all__ = [
 DIRECTIONS = ("noising", "denoising")
 METHODS = ("eap", "eap-ig", "exact")
 
-FINAL_NORM_OUT = "ln_final.hook_out"
+UNEMBED_IN = "unembed.hook_in"
 
 SenderFn = Callable[[HookSlot, Tensor], None]
 ReceiverFn = Callable[[HookSlot, Tensor], Tensor | None]
@@ -133,7 +133,7 @@ def _forward(
     """
     hooks: list[tuple[str, Callable]] = []
     if last_only:
-        hooks.append((FINAL_NORM_OUT, lambda act, hook: act[:, -1:]))
+        hooks.append((UNEMBED_IN, lambda act, hook: act[:, -1:]))
     for slot in graph.sender_slots:
         if on_sender is None and not (embed is not None and slot.hook == EMBED_HOOK):
             continue

@@ -1,0 +1,141 @@
+"""Circuit cache: hits, misses, atomic writes, and never trusting a damaged file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from clue_mi import attribution, tasks
+from clue_mi.cache import (
+    CacheWarning,
+    cache_dir,
+    cache_path,
+    circuit_summary,
+    discover,
+    model_fingerprint,
+)
+from clue_mi.models import weights_fingerprint
+
+ARGS = {"direction": "noising", "method": "eap", "sparsity": 0.9, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    return tasks.get("ioi", tiny, n=8, n_eval=8, seed=0)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the attributions that really run."""
+    counter = {"n": 0}
+    real = attribution.attribute
+
+    def counting(*args, **kwargs):
+        counter["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "attribute", counting)
+    return counter
+
+
+def _forbid_attribution(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(attribution, "attribute", fail)
+
+
+def test_cache_location_follows_the_environment(tiny, task, tmp_path):
+    assert cache_dir() == Path(os.environ["CLUE_MI_CACHE"])
+    path = cache_path(tiny, task, "noising", "eap", 0.9)
+    assert path.parent == cache_dir() and path.name.startswith("ioi-noising-eap-")
+    assert cache_path(tiny, task, "noising", "eap", 0.9, directory=tmp_path).parent == tmp_path
+
+
+def test_second_call_hits_the_cache(tiny, task, calls, monkeypatch):
+    first = discover(tiny, task, **ARGS)
+    assert calls["n"] == 1 and first.graph["cache_hit"] is False
+    path = cache_path(tiny, task, "noising", "eap", 0.9)
+    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+    _forbid_attribution(monkeypatch)
+    second = discover(tiny, task, **ARGS)
+    assert second.graph["cache_hit"] is True
+    assert set(second.edges) == set(first.edges)
+    for u, v, data in first.edges(data=True):
+        assert second.edges[u, v]["score"] == data["score"]
+    assert second.graph["faithfulness"] == first.graph["faithfulness"]
+
+
+def test_different_parameters_miss(tiny, task, calls):
+    discover(tiny, task, **ARGS)
+    discover(tiny, task, **{**ARGS, "sparsity": 0.8})
+    discover(tiny, task, **{**ARGS, "direction": "denoising"})
+    other = tasks.get("ioi", tiny, n=8, n_eval=8, seed=1)
+    discover(tiny, other, **ARGS)
+    assert calls["n"] == 4
+    assert len(list(cache_dir().glob("*.json"))) == 4
+    # the same key function also separates methods, EAP-IG steps and top_n
+    paths = {
+        cache_path(tiny, task, "noising", "eap", 0.9),
+        cache_path(tiny, task, "noising", "eap-ig", 0.9, steps=2),
+        cache_path(tiny, task, "noising", "eap-ig", 0.9, steps=3),
+        cache_path(tiny, task, "noising", "eap", 0.9, top_n=10),
+    }
+    assert len(paths) == 4
+    # steps mean nothing to EAP: they do not split its entries
+    assert cache_path(tiny, task, "noising", "eap", 0.9, steps=9) in paths
+
+
+def test_truncated_file_is_recomputed(tiny, task, calls):
+    discover(tiny, task, **ARGS)
+    path = cache_path(tiny, task, "noising", "eap", 0.9)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.warns(CacheWarning, match="invalid"):
+        circuit = discover(tiny, task, **ARGS)
+    assert calls["n"] == 2 and circuit.graph["cache_hit"] is False
+    assert path.read_text() == text  # overwritten with a valid entry again
+    discover(tiny, task, **ARGS)
+    assert calls["n"] == 2
+
+
+def test_edited_file_with_valid_json_is_detected(tiny, task, calls):
+    honest = discover(tiny, task, **ARGS)
+    path = cache_path(tiny, task, "noising", "eap", 0.9)
+    doc = json.loads(path.read_text())
+    edge = doc["payload"]["circuit"]["edges"][0]
+    edge["score"] = edge["score"] * 10  # tamper, keep the old checksum
+    path.write_text(json.dumps(doc))
+    with pytest.warns(CacheWarning, match="checksum"):
+        again = discover(tiny, task, **ARGS)
+    assert calls["n"] == 2
+    assert (
+        again.edges[edge["source"], edge["target"]]["score"]
+        == (honest.edges[edge["source"], edge["target"]]["score"])
+    )
+
+
+def test_changed_weights_change_the_key(tiny, task):
+    before = cache_path(tiny, task, "noising", "eap", 0.9)
+    assert model_fingerprint(tiny) == weights_fingerprint(tiny)
+    param = next(tiny.original_model.parameters())
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.add_(1.0)  # in place: the memoized fingerprint must notice
+    try:
+        assert model_fingerprint(tiny) == weights_fingerprint(tiny)
+        assert cache_path(tiny, task, "noising", "eap", 0.9) != before
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    assert cache_path(tiny, task, "noising", "eap", 0.9) == before
+
+
+def test_summary_mentions_size_and_faithfulness(tiny, task):
+    text = circuit_summary(discover(tiny, task, **ARGS))
+    assert "edges:" in text and "sparsity" in text and "KL" in text and "recovery" in text
+    assert "task=ioi" in text and "direction=noising" in text
