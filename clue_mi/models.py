@@ -272,7 +272,8 @@ def bridge_from_hf(
 
     check_architecture(model.config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
+    torch.nn.Module.to(model, device)  # moves in place; HF types .to oddly
+    model.eval()
     # boot_transformers reads the config by name; give it a folder that holds this config so it
     # never reaches for the hub.
     with tempfile.TemporaryDirectory() as cfg_dir:
@@ -295,6 +296,7 @@ def load_hf(
     name: str | Path | None = None, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load the plain HF model and tokenizer for ``name`` (see the module docstring)."""
+    model: PreTrainedModel
     if name is None or str(name).lower() in ("smollm2", EMBEDDED_NAME.lower()):
         path = _embedded_hf_dir()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
