@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from clue_mi import tasks as task_lib
 
@@ -77,6 +79,82 @@ def cmd_localize(args: argparse.Namespace) -> None:
         print(f"saved: {loc.save(args.out)}")
 
 
+def _run_config(args: argparse.Namespace):
+    from clue_mi.experiment import RunConfig
+
+    if args.quick:
+        # A smoke run: few prompts, a cheap attribution, one short epoch per stage.
+        args.n, args.n_eval, args.steps = min(args.n, 8), min(args.n_eval, 8), min(args.steps, 2)
+        args.epochs = (1, 1)
+    return RunConfig(
+        pipeline=_pipeline_config(args),
+        model=args.model,
+        device=args.device,
+        loss=args.loss,
+        methods=args.methods,
+        lr=args.lr,
+        epochs=tuple(args.epochs),
+        lam=args.lam,
+        batch_size=args.train_batch_size,
+        quick=args.quick,
+    )
+
+
+def cmd_unlearn(args: argparse.Namespace) -> None:
+    from clue_mi import masks
+    from clue_mi.pipeline import load_tasks, localize_tasks, logical_circuits
+    from clue_mi.unlearn import export_hf, forget_data, retain_data, unlearn
+
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new --out folder")
+    cfg = _run_config(args)
+    p = cfg.pipeline
+    model = _load(args)
+    task_data = load_tasks(model, p)
+    loc = localize_tasks(model, logical_circuits(model, task_data, p), p)
+    print(loc.summary())
+    forget_m, conflict_m = masks.masks_from_localization(model, loc)
+    unlearn(
+        model,
+        forget_data(task_data[p.forget], cfg.loss),  # type: ignore[arg-type]
+        retain_data([task_data[t] for t in p.retain]),
+        forget_m,
+        conflict_m,
+        loss=cfg.loss,  # type: ignore[arg-type]
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        lam=cfg.lam,
+        batch_size=cfg.batch_size,
+        seed=p.seed,
+    )
+    print(f"unlearned parameters: {100 * masks.unlearned_ratio(model, forget_m, conflict_m):.2f}%")
+    export_hf(model, out)
+    loc.save(out / "clue_localization.json")
+    masks.save_masks(out / "clue_masks.safetensors", {"forget": forget_m, "conflict": conflict_m})
+    print(f"unlearned model written to {out} (load with AutoModelForCausalLM.from_pretrained)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from clue_mi.experiment import run_experiment
+
+    cfg = _run_config(args)
+    out = args.resume or args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")
+    run_experiment(cfg, out, resume=bool(args.resume))
+
+
+def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
+    from clue_mi.experiment import METHODS
+
+    p.add_argument("--loss", default="po", choices=["po", "ga", "npo"], help="forget loss")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--epochs", type=int, nargs=2, default=(1, 5), metavar=("STAGE1", "STAGE2"))
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the retain loss (stage 2)")
+    p.add_argument("--train-batch-size", type=int, default=8)
+    p.add_argument("--methods", type=_csv, default=METHODS, help="comma-separated (%(default)s)")
+    p.add_argument("--quick", action="store_true", help="small smoke run (numbers not meaningful)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, a path, or hub id")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -121,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--out", default=None, help="save the localization as JSON here")
     p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("unlearn", help="localize, then CLUE two-stage unlearning; export HF model")
+    _add_sets_args(p)
+    _add_model_args(p)
+    _add_unlearn_args(p)
+    p.add_argument("--out", required=True, help="new folder for the unlearned HF checkpoint")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("run", help="the whole experiment: localize, unlearn, baselines, report")
+    _add_sets_args(p)
+    _add_model_args(p)
+    _add_unlearn_args(p)
+    p.add_argument("--out", default=None, help="new run folder (default runs/run-DATE-TIME)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="finish an interrupted run")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

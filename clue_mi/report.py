@@ -1,0 +1,162 @@
+"""The run report: a Markdown table in the shape of the paper's Table 1, Table 3, and figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written headless
+import matplotlib.pyplot as plt  # noqa: E402
+
+CATEGORIES = ("forget", "conflict", "retain", "safe")
+KINDS = ("q", "k", "v", "head", "mlp")
+
+
+def load_results(run: Path) -> list[dict[str, Any]]:
+    """Every ``results/{method}.json`` of a run, original model first."""
+    rows = [json.loads(p.read_text()) for p in sorted((run / "results").glob("*.json"))]
+    order = ["original", "clue", "full", "wagle", "random", "entangled"]
+    return sorted(rows, key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def method_label(method: str, loss: str) -> str:
+    from clue_mi.experiment import METHOD_LABELS
+
+    return METHOD_LABELS.get(method, method).format(loss=loss.upper())
+
+
+def results_table(rows: list[dict[str, Any]], retain: list[str], loss: str) -> str:
+    """Table 1: method × unlearned-parameter %, FE, RU per retain set, GU, MIA, Rouge-L."""
+    head = ["Method", "Unlearned %", "FE ↑"] + [f"RU {t} ↑" for t in retain]
+    head += ["GU ↑", "MIA AUC", "1 − Rouge-L ↑"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [method_label(r["method"], loss), f"{100 * r['unlearned_ratio']:.2f}"]
+        cells.append(_pct(r["fe"]))
+        cells += [_pct(r["ru"].get(t)) for t in retain]
+        cells += [_pct(r.get("gu")), f"{r['mia_auc']:.3f}", _pct(r["one_minus_rouge_l"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def category_table(before: dict, after: dict | None) -> str:
+    """Table 3: localized components per category and kind, before and after unlearning."""
+    lines = ["| Kind | " + " | ".join(f"{c} (before / after)" for c in CATEGORIES) + " |"]
+    lines.append("|" + "---|" * (len(CATEGORIES) + 1))
+    for kind in KINDS:
+        cells = []
+        for cat in CATEGORIES:
+            b = before.get(kind, {}).get(cat, 0)
+            a = "–" if after is None else after.get(kind, {}).get(cat, 0)
+            cells.append(f"{b} / {a}")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_methods(rows: list[dict[str, Any]], loss: str, path: Path) -> Path:
+    """Grouped bars: forget efficacy, mean retain utility and GU of every method."""
+    metrics = [("fe", "forget efficacy"), ("ru_mean", "retain utility (mean)"), ("gu", "GU")]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(metrics)
+    for j, (key, label) in enumerate(metrics):
+        xs = [i + j * width for i in range(len(rows))]
+        ax.bar(xs, [r.get(key) or 0.0 for r in rows], width, label=label)
+    ax.set_xticks([i + width for i in range(len(rows))])
+    ax.set_xticklabels([method_label(r["method"], loss) for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy-based score")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Forgetting against keeping, per method")
+    _save(fig, path)
+    return path
+
+
+def plot_categories(before: dict, after: dict | None, path: Path) -> Path:
+    """Stacked bars of forget / conflict / retain components by kind, before and after."""
+    panels = [("before unlearning", before)] + ([("after CLUE", after)] if after else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (title, counts) in zip(axes[0], panels, strict=True):
+        bottom = [0] * len(KINDS)
+        for cat in ("forget", "conflict", "retain"):
+            vals = [counts.get(k, {}).get(cat, 0) for k in KINDS]
+            ax.bar(KINDS, vals, bottom=bottom, label=cat)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.set_title(title)
+        ax.set_ylabel("components")
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+    return path
+
+
+def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
+    """Write ``report.md`` and its figures into the run folder ``run``."""
+    from clue_mi.cnf import Localization
+
+    run = Path(run)
+    rows = load_results(run)
+    retain = list(cfg.pipeline.retain)
+    before = Localization.load(run / "localization.json")
+    after_path = run / "localization_after.json"
+    after = Localization.load(after_path) if after_path.exists() else None
+    counts_before = before.counts_by_kind()
+    counts_after = after.counts_by_kind() if after else None
+    plot_methods(rows, cfg.loss, run / "methods.png")
+    plot_categories(counts_before, counts_after, run / "categories.png")
+    p = cfg.pipeline
+    text = [
+        "# CLUE run report",
+        "",
+        f"Model: `{cfg.model or 'SmolLM2-135M-Instruct (embedded)'}`. Forget set: `{p.forget}`. "
+        f"Retain sets: {', '.join(f'`{t}`' for t in retain)}. Loss: {cfg.loss.upper()}, "
+        f"lr {cfg.lr:g}, epochs {cfg.epochs[0]} + {cfg.epochs[1]}, λ {cfg.lam:g}. Circuits: "
+        f"{p.method}, sparsity {p.sparsity}, {p.n} prompts per task."
+        + (" **Quick smoke run: numbers are not meaningful.**" if cfg.quick else ""),
+        "",
+        "## Results (shape of the paper's Table 1)",
+        "",
+        results_table(rows, retain, cfg.loss),
+        "",
+        "FE = 1 − accuracy on the forget task's held-out prompts; RU = accuracy on each retain "
+        "task's held-out prompts; GU = mean accuracy over the lm-evaluation-harness tasks. "
+        "All in %. MIA: ROC-AUC of Min-20% Prob scores, forget text = members (label 1) against "
+        "held-out text (label 0); 0.5 means the forget text looks unseen, above 0.5 that it still "
+        "looks memorized. Rouge-L: recall of greedy continuations against the forget answers.",
+        "",
+        "![methods](methods.png)",
+        "",
+        "## Localization (paper Table 3: before and after unlearning)",
+        "",
+        f"Before: {before.summary()}",
+        "",
+        f"After CLUE: {after.summary() if after else 'not re-localized'}",
+        "",
+        category_table(counts_before, counts_after),
+        "",
+        "![categories](categories.png)",
+    ]
+    for node in sorted(before.conflict)[:3]:
+        if node in before.explanations:
+            why = before.explain(node)
+            text += ["", f"### Why `{node}` is a conflict node", "", "```", why, "```"]
+    if seconds is not None:
+        text += ["", f"Wall time: {seconds / 60:.1f} min."]
+    path = run / "report.md"
+    tmp = run / ".report.md.tmp"
+    tmp.write_text("\n".join(text) + "\n")
+    os.replace(tmp, path)
+    return path
