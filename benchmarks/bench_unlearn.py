@@ -1,0 +1,105 @@
+"""Masked vs full fine-tuning on the embedded SmolLM2-135M: optimizer memory and step time.
+
+The masked run updates a CLUE-sized mask (random attention heads with their q / k / v / o
+slices, plus a few whole MLPs); the full run updates every weight with a dense AdamW state.
+Both run the same PO loss through the same trainer, batch 8.
+
+    python benchmarks/bench_unlearn.py [--heads 16 --mlps 2 --steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+from clue_mi import load_model, tasks
+from clue_mi import masks as M
+from clue_mi import unlearn as U
+
+
+def clue_sized_nodes(model, n_heads: int, n_mlps: int, seed: int) -> list[str]:
+    geo = M.geometry(model)
+    rng = random.Random(seed)
+    group = geo.n_heads // geo.n_kv_heads
+    heads = rng.sample(
+        [(layer, h) for layer in range(geo.n_layers) for h in range(geo.n_heads)], n_heads
+    )
+    nodes = set()
+    for layer, h in heads:
+        nodes |= {
+            f"a{layer}.h{h}",
+            f"a{layer}.h{h}.q",
+            f"a{layer}.g{h // group}.k",
+            f"a{layer}.g{h // group}.v",
+        }
+    nodes |= {f"m{layer}" for layer in rng.sample(range(geo.n_layers), n_mlps)}
+    return sorted(nodes)
+
+
+def timed_run(model, forget, mask, steps: int, batch_size: int) -> tuple[float, int, int]:
+    """Mean seconds per step (first step excluded: warm-up), optimizer bytes and elements."""
+    saved = {n: p.detach().clone() for n, p in M.hf_parameters(model).items()}
+    stamps: list[float] = []
+    real_step = U.MaskedAdamW.step
+
+    def stamped(self):
+        real_step(self)
+        stamps.append(time.perf_counter())
+
+    U.MaskedAdamW.step = stamped  # type: ignore[method-assign]
+    try:
+        data = forget[: steps * batch_size]
+        start = time.perf_counter()
+        result = U.unlearn_baseline(
+            model,
+            data,
+            None,
+            mask,
+            loss="po",
+            epochs=1,
+            lr=1e-5,
+            batch_size=batch_size,
+            progress=False,
+        )
+    finally:
+        U.MaskedAdamW.step = real_step  # type: ignore[method-assign]
+        with torch.no_grad():
+            for n, p in M.hf_parameters(model).items():
+                p.copy_(saved[n])
+    gaps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)][1:]
+    return sum(gaps) / len(gaps), result.state_bytes[1], result.state_numel[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--mlps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    task = tasks.get("capitals", model, n=args.steps * args.batch_size, n_eval=8, seed=0)
+    forget = U.forget_data(task, "po")
+    nodes = clue_sized_nodes(model, args.heads, args.mlps, seed=0)
+    masked = M.mask_from_nodes(model, nodes)
+    full = M.full_mask(model)
+    print(f"threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps}")
+    print(
+        f"mask: {args.heads} heads (q/k/v/o) + {args.mlps} MLPs = {M.mask_size(masked):,} "
+        f"elements, unlearned ratio {100 * M.unlearned_ratio(model, masked):.2f}%"
+    )
+    rows = {}
+    for name, mask in (("masked", masked), ("full", full)):
+        rows[name] = timed_run(model, forget, mask, args.steps, args.batch_size)
+        sec, nbytes, numel = rows[name]
+        print(f"{name:7s} state {nbytes / 2**20:8.1f} MiB ({numel:,} elements)  step {sec:.3f} s")
+    (ms, mb, _), (fs, fb, _) = rows["masked"], rows["full"]
+    print(f"ratio masked/full: optimizer state {mb / fb:.4f}, step time {ms / fs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
