@@ -147,7 +147,7 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
     from clue_mi.experiment import METHODS
 
     p.add_argument("--loss", default="po", choices=["po", "ga", "npo"], help="forget loss")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (%(default)s)")
     p.add_argument("--epochs", type=int, nargs=2, default=(1, 5), metavar=("STAGE1", "STAGE2"))
     p.add_argument("--lam", type=float, default=1.0, help="weight of the retain loss (stage 2)")
     p.add_argument("--train-batch-size", type=int, default=8)

@@ -1,0 +1,101 @@
+"""`clue-mi run --quick` end to end on the tiny model, the run folder, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from clue_mi.cli import main
+from clue_mi.cnf import Localization
+
+QUICK = ["--quick", "--model", "tiny-llama", "--sparsity", "0.5", "--methods", "clue,random"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLUE_MI_CACHE", str(cache))
+        assert main(["run", *QUICK, "--retain", "ioi,gender", "--out", str(out)]) == 0
+    return out
+
+
+def test_run_folder_has_every_artifact(quick_run):
+    for name in ["config.json", "localization.json", "localization_after.json",
+                 "masks.safetensors", "report.md", "methods.png", "categories.png"]:  # fmt: skip
+        assert (quick_run / name).is_file(), name
+    assert sorted(p.stem for p in (quick_run / "circuits").glob("*.json")) == [
+        "capitals", "gender", "ioi"
+    ]  # fmt: skip
+    assert sorted(p.stem for p in (quick_run / "results").glob("*.json")) == [
+        "clue", "original", "random"
+    ]  # fmt: skip
+    assert (quick_run / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_are_consistent(quick_run):
+    rows = {p.stem: json.loads(p.read_text()) for p in (quick_run / "results").glob("*.json")}
+    for row in rows.values():
+        assert 0.0 <= row["fe"] <= 1.0 and set(row["ru"]) == {"ioi", "gender"}
+        assert 0.0 <= row["mia_auc"] <= 1.0 and 0.0 <= row["gu"] <= 1.0
+    assert rows["original"]["unlearned_ratio"] == 0.0
+    # the random baseline is sized like CLUE's mask (DESIGN §8)
+    assert rows["random"]["mask_elements"] == rows["clue"]["mask_elements"] > 0
+    report = (quick_run / "report.md").read_text()
+    assert "| CLUE (forget + conflict mask) |" in report and "RU gender" in report
+
+
+def test_masks_follow_the_localization(quick_run):
+    loc = Localization.load(quick_run / "localization.json")
+    masks = load_file(str(quick_run / "masks.safetensors"))
+    has_forget = any(k.startswith("forget/") for k in masks)
+    has_conflict = any(k.startswith("conflict/") for k in masks)
+    assert has_forget == bool(loc.forget) and has_conflict == bool(loc.conflict)
+    assert loc.forget or loc.conflict
+
+
+def test_exported_model_reloads_offline(quick_run, tiny):
+    model = AutoModelForCausalLM.from_pretrained(quick_run / "model")
+    assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 2
+    tokens = torch.tensor([[1, 504, 3575, 282]])
+    assert model(tokens).logits.shape == (1, 4, model.config.vocab_size)
+
+
+def test_finished_run_is_never_rewritten(quick_run, capsys):
+    before = (quick_run / "report.md").read_bytes()
+    assert main(["run", *QUICK, "--out", str(quick_run)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["run", *QUICK, "--resume", str(quick_run)]) == 2
+    assert "finished run" in capsys.readouterr().err
+    assert (quick_run / "report.md").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--forget", "nope", "--out", "X"], "unknown task(s) nope"),
+        (["run", "--model", "/no/such/model", "--out", "X"], "does not exist"),
+        (["run", "--forget", "ioi", "--retain", "ioi,gender", "--out", "X"], "both the forget"),
+        (["run", "--methods", "clue,magic", "--out", "X"], "unknown method"),
+        (["localize", "--retain", "", "--model", "tiny-llama"], "at least one retain task"),
+    ],
+)
+def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "X").exists()
+
+
+def test_tasks_and_models_commands(capsys):
+    assert main(["tasks"]) == 0
+    listing = capsys.readouterr().out
+    assert all(t in listing for t in ["capitals", "ioi", "greater_than", "wmdp_cyber"])
+    assert main(["models"]) == 0
+    assert "smollm2" in capsys.readouterr().out
