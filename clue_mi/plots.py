@@ -90,6 +90,9 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Pa
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format=path.suffix[1:], dpi=dpi, bbox_inches="tight")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -165,6 +168,7 @@ def draw_logical_circuit(
     labels: bool | None = None,
     width_by_score: bool = True,
     title: str | None = None,
+    max_edges: int | None = None,
 ) -> Figure:
     """Draw a gate-typed logical circuit in a layered layout (see :func:`layered_layout`).
 
@@ -179,6 +183,9 @@ def draw_logical_circuit(
         labels: write node names; default only when the circuit has at most 60 nodes.
         width_by_score: line width grows with ``|score|`` (relative to the largest).
         title: axes title; default names the task and the edge counts.
+        max_edges: draw only the ``max_edges`` edges of largest ``|score|`` (and the nodes they
+            touch); a circuit of thousands of edges is otherwise a hairball. Counts in the
+            default title are those of the drawn edges.
     """
     from clue_mi.gates import GATES, is_internal_edge
 
@@ -189,6 +196,13 @@ def draw_logical_circuit(
         for u, v, d in circuit.edges(data=True)
         if include_internal or not is_internal_edge(circuit, u, v)
     ]
+    if max_edges is not None and len(edges) > max_edges:
+        edges = sorted(edges, key=lambda e: -abs(e[2].get("score") or 0.0))[:max_edges]
+        shown = {n for u, v, _ in edges for n in (u, v)} | {
+            n for n in circuit if _kind(circuit, n) in ("input", "logits")
+        }
+        circuit = circuit.subgraph(shown)
+        pos = {n: p for n, p in pos.items() if n in shown}
     scores = [abs(d.get("score") or 0.0) for _, _, d in edges]
     top = max(scores, default=0.0) or 1.0
     for gate in GATES:
@@ -227,9 +241,10 @@ def draw_logical_circuit(
             ax.annotate(node, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
     counts = {g: sum(1 for _, _, d in edges if d.get("gate") == g) for g in GATES}
     task = circuit.graph.get("task")
+    top_note = f" (top {max_edges} edges by |score|)" if max_edges is not None else ""
     ax.set_title(
         title
-        or f"logical circuit{f' of {task}' if task else ''}: "
+        or f"logical circuit{f' of {task}' if task else ''}{top_note}: "
         + ", ".join(f"{counts[g]} {g}" for g in GATES)
     )
     heights = [y for _, y in pos.values()]

@@ -102,6 +102,20 @@ def test_draw_without_internal_edges_and_into_given_axes():
     assert len(adder.get_segments()) == 3
 
 
+def test_draw_top_edges_only():
+    logical = _hand_logical()
+    for u, v in logical.edges:
+        logical.edges[u, v]["score"] = 0.1
+    logical.edges["a0.h0", "m1"]["score"] = -5.0  # AND
+    logical.edges["m0", "logits"]["score"] = 3.0  # OR
+    fig = plots.draw_logical_circuit(logical, max_edges=2)
+    lines = {c.get_label(): c for c in fig.axes[0].collections if isinstance(c, LineCollection)}
+    assert {k: len(c.get_segments()) for k, c in lines.items()} == {"AND": 1, "OR": 1}
+    # Nodes: the edges' ends plus input and logits.
+    drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections if c not in lines.values())
+    assert drawn == len({"a0.h0", "m1", "m0", "logits", "input"})
+
+
 def test_layered_layout_orders_layers():
     pos = plots.layered_layout(_hand_logical())
     y = {node: p[1] for node, p in pos.items()}
@@ -172,6 +186,9 @@ def test_save_figure_writes_png_atomically(tmp_path, monkeypatch):
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
     assert os.listdir(path.parent) == ["fig.png"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
     # A failing write leaves the previous file intact and no temp file behind.
     def boom(*args, **kwargs):
