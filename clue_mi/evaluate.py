@@ -52,8 +52,7 @@ MINK_K = 0.2
 
 # Held-out (non-member) text for the default MIA: capitals-style sentences about countries that
 # are NOT in the forget task's country list, so they share its template and style but are never
-# unlearned. Famous capitals are better known than these, so the untouched model already scores
-# the forget texts somewhat higher (AUC above 0.5); unlearning should pull it down toward 0.5.
+# unlearned. The untouched model's AUC is the reference: unlearning should move it toward 0.5.
 HOLDOUT_CAPITALS: dict[str, str] = {
     "Brazil": "Brasilia", "South Africa": "Pretoria", "New Zealand": "Wellington",
     "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "Ecuador": "Quito",
@@ -213,20 +212,43 @@ def mia_auc(
     return auc_from_scores(members, nonmembers)
 
 
-def holdout_capital_texts(exclude: Sequence[str] = tuple(CAPITALS)) -> list[str]:
+def holdout_capital_texts(
+    like: Sequence[str] | None = None, exclude: Sequence[str] = tuple(CAPITALS)
+) -> list[str]:
     """Default MIA non-members: capitals sentences about countries outside the forget set.
 
-    Both templates of the ``capitals`` task, for every country of :data:`HOLDOUT_CAPITALS` not in
-    ``exclude`` (default: every country the forget task can ask about), written exactly like the
-    forget sentences (``"The capital of Uruguay is Montevideo."``).
+    Written exactly like the forget sentences (``"<template with country> <capital>."``) for the
+    countries of :data:`HOLDOUT_CAPITALS` not in ``exclude`` (default: every country the forget
+    task can ask about).
+
+    Min-k% on short templated sentences is dominated by the template's least likely tokens, so
+    the non-members must use the same template mix as the members. With ``like`` (the forget
+    texts), one held-out sentence is written per forget sentence, in the same template, cycling
+    through the held-out countries; forget texts in no known template are skipped. Without it,
+    every held-out country appears once in every template.
     """
     excluded = set(exclude)
-    return [
-        f"{template.format(country)} {capital}."
-        for country, capital in HOLDOUT_CAPITALS.items()
-        if country not in excluded
-        for template in CAPITAL_TEMPLATES
-    ]
+    pairs = [(c, cap) for c, cap in HOLDOUT_CAPITALS.items() if c not in excluded]
+    if not pairs:
+        raise ValueError("every held-out country is excluded")
+    if like is None:
+        return [f"{t.format(c)} {cap}." for c, cap in pairs for t in CAPITAL_TEMPLATES]
+    out: list[str] = []
+    for text in like:
+        template = _template_of(text)
+        if template is not None:
+            country, capital = pairs[len(out) % len(pairs)]
+            out.append(f"{template.format(country)} {capital}.")
+    return out
+
+
+def _template_of(text: str) -> str | None:
+    """The capitals template a sentence was written in, or None."""
+    for template in CAPITAL_TEMPLATES:
+        head, tail = template.split("{}")
+        if text.startswith(head) and tail in text[len(head) :]:
+            return template
+    return None
 
 
 # --------------------------------------------------------------------------- Rouge-L
@@ -446,8 +468,8 @@ def evaluate_model(
 
     Args:
         forget_task, retain_tasks: the tasks unlearning was set up with.
-        holdout_texts: MIA non-members; default :func:`holdout_capital_texts` (fits the default
-            ``capitals`` forget task; pass your own for other forget sets).
+        holdout_texts: MIA non-members; default ``holdout_capital_texts(like=forget_texts)``
+            (fits the default ``capitals`` forget task; pass your own for other forget sets).
         gu_tasks: lm-eval tasks for GU (default :data:`LOCAL_GU_TASKS`); ``()`` skips GU.
         quick: GU on at most 20 documents per task (smoke runs; noisy numbers).
         forget_texts: MIA members; default: the forget task's train + eval sentences, i.e. the
@@ -457,11 +479,13 @@ def evaluate_model(
     ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``seconds``.
     """
     start = time.perf_counter()
-    holdout = list(holdout_texts) if holdout_texts is not None else holdout_capital_texts()
     members = (
         list(forget_texts)
         if forget_texts is not None
         else forget_task.train_text + forget_task.eval_text
+    )
+    holdout = (
+        list(holdout_texts) if holdout_texts is not None else holdout_capital_texts(like=members)
     )
     prompts, refs = continuation_references(forget_task)
     gu_names = list(LOCAL_GU_TASKS) if gu_tasks is None else list(gu_tasks)

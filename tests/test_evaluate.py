@@ -10,7 +10,7 @@ import torch
 
 from clue_mi import evaluate as ev
 from clue_mi.tasks import PromptSet
-from clue_mi.tasks.builtin import CAPITALS
+from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 
 # ----------------------------------------------------------------------------- Min-k% Prob
 
@@ -80,14 +80,26 @@ def test_mia_auc_on_a_model_scores_each_text_by_mink(tiny):
 
 def test_holdout_capitals_are_disjoint_from_the_forget_set():
     texts = ev.holdout_capital_texts()
-    assert len(texts) >= 80
-    for country in CAPITALS:
-        assert not any(f" of {country} is" in t for t in texts), country
-    assert "The capital of Uruguay is Montevideo." in texts
-    assert "The capital city of Uruguay is Montevideo." in texts
+    assert len(texts) == len(ev.HOLDOUT_CAPITALS) * len(CAPITAL_TEMPLATES)
+    assert not set(ev.HOLDOUT_CAPITALS) & set(CAPITALS)
+    for template in CAPITAL_TEMPLATES:
+        assert f"{template.format('Uruguay')} Montevideo." in texts
     assert ev.holdout_capital_texts(exclude=["Uruguay", *CAPITALS]) == [
         t for t in texts if "Uruguay" not in t
     ]
+
+
+def test_holdout_capitals_match_the_forget_templates(tiny):
+    from clue_mi import tasks
+
+    forget = tasks.get("capitals", tiny, n=8, n_eval=8)
+    members = forget.train_text + forget.eval_text + ["not a capitals sentence"]
+    held = ev.holdout_capital_texts(like=members)
+    assert len(held) == len(members) - 1
+    countries = list(ev.HOLDOUT_CAPITALS)
+    for i, (m, h) in enumerate(zip(members, held, strict=False)):
+        template = next(t for t in CAPITAL_TEMPLATES if m.startswith(t.split("{}")[0]))
+        assert h.startswith(template.format(countries[i % len(countries)]))
 
 
 # ----------------------------------------------------------------------------- Rouge-L
@@ -249,13 +261,14 @@ def test_embedded_model_knows_capitals(smol):
     prompts, refs = ev.continuation_references(forget)
     assert ev.rouge_l(smol, prompts, refs) > 0.5
     # Famous (forget-set) capitals look more familiar than the held-out ones.
-    auc = ev.mia_auc(smol, forget.train_text + forget.eval_text, ev.holdout_capital_texts())
+    members = forget.train_text + forget.eval_text
+    auc = ev.mia_auc(smol, members, ev.holdout_capital_texts(like=members))
     assert auc > 0.5, auc
 
 
 # Measured with the full shipped data (acc, SmolLM2-135M-Instruct, dequantized Q4_1 GGUF).
 MEASURED_GU = {
-    "clue_antonyms": 0.776,
+    "clue_antonyms": 0.750,
     "clue_colors": 0.398,
     "clue_past_tense": 0.933,
     "clue_animals": 0.576,

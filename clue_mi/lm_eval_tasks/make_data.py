@@ -7,7 +7,8 @@ Small multiple-choice tasks of everyday knowledge, none of them among clue_mi's 
 tasks (capitals, IOI, greater-than, gendered pronouns, induction, boolean, arithmetic,
 sentiment):
 
-* ``antonyms``: "What is the opposite of "hot"?" -> cold, among 4 words (chance 0.25).
+* ``antonyms``: "What is the opposite of "hot"?" -> cold, among 4 words (chance 0.25); 100 of
+  the 210 word/direction items, to keep a CPU run short.
 * ``colors``: "What color is a banana?" -> yellow, among 4 colours (chance 0.25).
 * ``past_tense``: "What is the past tense of "go"?" -> went, among 4 irregular past forms
   (chance 0.25).
@@ -98,6 +99,7 @@ SIZE_TIERS = [
     ["a mountain", "a city", "an island", "a country", "a lake", "a forest", "a desert"],
 ]  # fmt: skip
 N_SIZES = 160
+N_ANTONYMS = 100
 
 IRREGULAR_VERBS = {
     "go": "went", "eat": "ate", "see": "saw", "take": "took", "give": "gave", "come": "came",
@@ -166,7 +168,7 @@ def antonyms(rng: random.Random) -> list[dict]:
             pool = [w for w in words if w != word]
             items.append(_mc(rng, f'What is the opposite of "{word}"?', opposite, pool))
     rng.shuffle(items)
-    return items
+    return items[:N_ANTONYMS]
 
 
 def colors(rng: random.Random) -> list[dict]:
