@@ -255,15 +255,16 @@ def test_shipped_task_dir_is_package_data():
 def test_embedded_model_knows_capitals(smol):
     from clue_mi import tasks
 
-    forget = tasks.get("capitals", smol, n=8, n_eval=32)
+    forget = tasks.get("capitals", smol, n=32, n_eval=32)
     fe = ev.forget_efficacy(smol, forget)
     assert fe < 0.3, fe  # accuracy > 0.7 against a chance of 0.25
     prompts, refs = ev.continuation_references(forget)
     assert ev.rouge_l(smol, prompts, refs) > 0.5
-    # Famous (forget-set) capitals look more familiar than the held-out ones.
+    # Measured 0.525 (n=32+32): before unlearning, forget and held-out capitals sentences in the
+    # same templates look about equally familiar, so the untouched model sits near 0.5.
     members = forget.train_text + forget.eval_text
     auc = ev.mia_auc(smol, members, ev.holdout_capital_texts(like=members))
-    assert auc > 0.5, auc
+    assert 0.4 < auc < 0.65, auc
 
 
 # Measured with the full shipped data (acc, SmolLM2-135M-Instruct, dequantized Q4_1 GGUF).
