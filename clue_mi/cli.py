@@ -161,7 +161,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=32, help="attribution prompts per task")
     p.add_argument("--n-eval", type=int, default=32, help="held-out prompts per task")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="eap-ig", choices=["eap", "eap-ig", "exact"])
+    p.add_argument("--method", default="eap", choices=["eap", "eap-ig", "exact"])
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps")
     p.add_argument("--sparsity", type=float, default=0.95)
     p.add_argument("--batch-size", type=int, default=16)

@@ -37,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clue_mi.models import hf_model
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 
@@ -73,11 +74,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- model plumbing
-
-
-def hf_model(model) -> torch.nn.Module:
-    """The HF module behind a bridge (or the model itself when it already is one)."""
-    return getattr(model, "original_model", model)
 
 
 def _tokenizer(model, tokenizer=None):

@@ -38,6 +38,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor, nn
 
+from clue_mi.models import hf_model, hf_parameters
+
 Mask = dict[str, Bool[Tensor, "*dims"]]
 """Canonical HF parameter name -> boolean tensor shaped like the parameter."""
 
@@ -98,47 +100,12 @@ class Geometry:
 # ----------------------------------------------------------------------------- model access
 
 
-def hf_model(model) -> Any:
-    """The HF module behind ``model`` (a TransformerBridge or an HF model)."""
-    return getattr(model, "original_model", model)
-
-
 def _resolve(root: object, dotted: str) -> object:
     """Follow ``a.b.c`` with ``getattr``; bridge components forward attributes to the HF module."""
     obj = root
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-_BRIDGE_INFIX = "._original_component"
-
-
-def canonical_name(name: str) -> str:
-    """The HF checkpoint name of a parameter name seen through a TransformerBridge."""
-    return name.replace(_BRIDGE_INFIX, "")
-
-
-def hf_parameters(model) -> dict[str, nn.Parameter]:
-    """Canonical name -> parameter, one entry per distinct tensor (tied weights listed once).
-
-    A TransformerBridge registers every HF weight under extra alias names (``attn.q.weight``,
-    ``ln1.weight``...). Only names containing the ``_original_component`` path are the real HF
-    modules, so we keep those where the model is bridged.
-    """
-    hf = hf_model(model)
-    named = list(hf.named_parameters(remove_duplicate=False))
-    bridged = any(_BRIDGE_INFIX in n for n, _ in named)
-    out: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
-    for name, param in named:
-        if bridged and _BRIDGE_INFIX not in name:
-            continue
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        out[canonical_name(name)] = param
-    return out
 
 
 def get_parameter(model, name: str) -> nn.Parameter:
@@ -479,7 +446,6 @@ __all__ = [
     "MatrixView",
     "UnsupportedArchitectureError",
     "WeightSlice",
-    "canonical_name",
     "conflict_mask",
     "forget_mask",
     "full_mask",

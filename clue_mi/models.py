@@ -91,24 +91,36 @@ def embedded_gguf_path() -> Path:
     )
 
 
-def hf_parameters(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
-    """The parameters of an HF model under their plain HF names (``model.layers.0.self_attn...``).
+def hf_model(model) -> PreTrainedModel:
+    """The HF module behind a TransformerBridge (or the model itself when it already is one)."""
+    return getattr(model, "original_model", model)
 
-    A TransformerBridge wraps the HF submodules in place, so ``named_parameters()`` then shows
-    names with ``._original_component`` and extra aliases (``self_attn.q``). The names a fresh
-    model of this architecture has (built on the meta device, no memory) are the canonical ones.
+
+_BRIDGE_INFIX = "._original_component"
+
+
+def canonical_name(name: str) -> str:
+    """The HF checkpoint name of a parameter name seen through a TransformerBridge."""
+    return name.replace(_BRIDGE_INFIX, "")
+
+
+def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Plain HF name -> parameter of an HF model or a bridge, tied weights listed once.
+
+    A TransformerBridge wraps the HF submodules in place and registers every weight under extra
+    alias names (``self_attn.q.weight``, ``ln1.weight``...). Only the names that run through
+    ``_original_component`` are the real HF modules; with that infix removed they are the names a
+    checkpoint uses (``model.layers.0.self_attn.q_proj.weight``).
     """
-    with torch.device("meta"):
-        reference = AutoModelForCausalLM.from_config(model.config)
-    wanted = set(reference.state_dict())
+    named = list(hf_model(model).named_parameters(remove_duplicate=False))
+    bridged = any(_BRIDGE_INFIX in n for n, _ in named)
     out: dict[str, torch.nn.Parameter] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        plain = name.replace("._original_component", "")
-        if plain in wanted and plain not in out:
-            out[plain] = param
-    missing = wanted - set(out) - _tied_names(model)
-    if missing:
-        raise RuntimeError(f"could not find HF parameters {sorted(missing)[:5]} in the model")
+    seen: set[int] = set()
+    for name, param in named:
+        if (bridged and _BRIDGE_INFIX not in name) or id(param) in seen:
+            continue
+        seen.add(id(param))
+        out[canonical_name(name)] = param
     return out
 
 
@@ -376,6 +388,8 @@ __all__ = [
     "bridge_from_hf",
     "enable_edge_hooks",
     "embedded_gguf_path",
+    "canonical_name",
+    "hf_model",
     "hf_parameters",
     "load_hf",
     "load_model",
