@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clue_mi import tasks as task_lib
+from clue_mi.models import ModelLoadError
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -117,11 +118,11 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     forget_m, conflict_m = masks.masks_from_localization(model, loc)
     unlearn(
         model,
-        forget_data(task_data[p.forget], cfg.loss),  # type: ignore[arg-type]
+        forget_data(task_data[p.forget], cfg.loss),
         retain_data([task_data[t] for t in p.retain]),
         forget_m,
         conflict_m,
-        loss=cfg.loss,  # type: ignore[arg-type]
+        loss=cfg.loss,
         epochs=cfg.epochs,
         lr=cfg.lr,
         lam=cfg.lam,
@@ -218,17 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Errors a user can cause and fix: shown as one line, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileExistsError, OSError)
+USER_ERRORS = (ValueError, KeyError, OSError, ModelLoadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from clue_mi.models import ModelLoadError
-
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (*USER_ERRORS, ModelLoadError) as err:
+    except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"clue-mi {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -38,7 +38,15 @@ from clue_mi.graph import save_circuit
 from clue_mi.models import hf_parameters, load_model
 from clue_mi.pipeline import PipelineConfig, load_tasks, localize_tasks, logical_circuits
 from clue_mi.tasks import Task
-from clue_mi.unlearn import baseline_mask, export_hf, forget_data, retain_data, unlearn
+from clue_mi.unlearn import (
+    LossName,
+    baseline_mask,
+    export_hf,
+    forget_data,
+    retain_data,
+    unlearn,
+    unlearn_baseline,
+)
 
 # CLUE first (its mask sizes the random and WAGLE baselines), then the baselines of DESIGN §8.
 METHODS = ("clue", "full", "wagle", "random", "entangled")
@@ -60,7 +68,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     model: str | None = None
     device: str | None = None
-    loss: str = "po"
+    loss: LossName = "po"
     methods: tuple[str, ...] = METHODS
     # DESIGN §8's lr 1e-5 barely moves a 135M model in 1 + 5 epochs of 64 prompts; 3e-4 does.
     lr: float = 3e-4
@@ -140,9 +148,10 @@ def method_mask(
         return baseline_mask(model, "all")
     if method == "entangled":
         return baseline_mask(model, "nodes", nodes=forget_nodes)
+    kind: Literal["wagle", "random"] = "wagle" if method == "wagle" else "random"
     return baseline_mask(
-        model, method, size=max(size, 1), forget=forget_text, loss=cfg.loss, seed=cfg.pipeline.seed
-    )  # type: ignore[arg-type]
+        model, kind, size=max(size, 1), forget=forget_text, loss=cfg.loss, seed=cfg.pipeline.seed
+    )
 
 
 def run_method(
@@ -156,9 +165,9 @@ def run_method(
 ) -> dict[str, Any]:
     """Unlearn with one method (on the current weights) and return its mask facts and history."""
     forget_task = task_data[cfg.pipeline.forget]
-    forget = forget_data(forget_task, cfg.loss)  # type: ignore[arg-type]
+    forget = forget_data(forget_task, cfg.loss)
     retain = retain_data([task_data[t] for t in cfg.pipeline.retain])
-    common = dict(loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size)
+    common: dict[str, Any] = dict(loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size)
     start = time.perf_counter()
     if method == "clue":
         result = unlearn(
@@ -173,8 +182,6 @@ def run_method(
         )
         used = [clue_masks["forget"], clue_masks["conflict"]]
     else:
-        from clue_mi.unlearn import unlearn_baseline
-
         mask = method_mask(method, model, clue_masks, forget_nodes, forget, cfg)
         result = unlearn_baseline(
             model, forget, retain, mask, epochs=sum(cfg.epochs), seed=cfg.pipeline.seed, **common
