@@ -48,12 +48,15 @@ def test_unequal_length_pairs_are_dropped_not_padded(tiny):
     examples = [
         pair("France", "Spain", (" Paris", " Madrid")),
         # " South Korea" is two tokens: this pair must be dropped, never misaligned.
-        pair("France", "South Korea", (" Paris", " Seoul")),
+        pair("Germany", "South Korea", (" Berlin", " Seoul")),
         pair("Italy", "Japan", (" Rome", " Tokyo")),
     ]
     task = build_task("t", "", examples, tiny.tokenizer, n=1, n_eval=1)
     assert task.n_dropped == 1
     assert "South Korea" not in " ".join(task.prompts.corrupted + task.eval.corrupted)
+    # a repeated clean prompt is dropped too (it would leak between the splits)
+    repeated = build_task("t", "", [*examples, examples[0]], tiny.tokenizer, n=1, n_eval=1)
+    assert repeated.n_dropped == 2
     with pytest.raises(ValueError, match="ask for fewer"):
         build_task("t", "", examples, tiny.tokenizer, n=2, n_eval=1)
 

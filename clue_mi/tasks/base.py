@@ -173,6 +173,7 @@ def build_task(
     for ex in examples:
         # A repeated clean prompt would leak between the attribution and the held-out split.
         if ex.clean in seen:
+            dropped += 1
             continue
         seen.add(ex.clean)
         clean_ids, corrupt_ids = tokenize(tokenizer, ex.clean), tokenize(tokenizer, ex.corrupted)
