@@ -32,7 +32,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clue_mi import masks as mask_lib
-from clue_mi.cnf import Localization
 from clue_mi.evaluate import evaluate_model
 from clue_mi.graph import save_circuit
 from clue_mi.models import hf_parameters, load_model
@@ -158,7 +157,6 @@ def run_method(
     method: str,
     model,
     task_data: dict[str, Task],
-    loc: Localization,
     forget_nodes: Sequence[str],
     clue_masks: dict[str, dict[str, Tensor]],
     cfg: RunConfig,
@@ -250,7 +248,7 @@ def run_experiment(
         snapshot.restore()
         row: dict[str, Any] = {"method": method}
         if method != "original":
-            row.update(run_method(method, model, task_data, loc, forget_nodes, clue_masks, cfg))
+            row.update(run_method(method, model, task_data, forget_nodes, clue_masks, cfg))
         else:
             row.update(unlearned_ratio=0.0, mask_elements=0)
         row.update(evaluate())
