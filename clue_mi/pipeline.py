@@ -34,8 +34,8 @@ class PipelineConfig:
     n: int = 32  # attribution prompts per task
     n_eval: int = 32  # held-out prompts per task
     seed: int = 0
-    # EAP-IG (steps=5) costs ~4x EAP; on a 2-core CPU the default run needs EAP to finish in
-    # reasonable time. Pass method="eap-ig" for the paper's setting.
+    # EAP-IG (steps=5) costs ~3x EAP (BENCHMARKS.md); the default run computes 20 circuits, so
+    # on a 2-core CPU it uses EAP. Pass method="eap-ig" for the paper's setting.
     method: str = "eap"
     steps: int = 5
     sparsity: float = 0.95
