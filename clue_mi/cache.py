@@ -147,6 +147,12 @@ def cache_path(
 ) -> Path:
     """Where :func:`discover` stores this circuit."""
     key = cache_key(model, task, direction, method, sparsity, top_n, steps)
+    return _path_for(key, task, direction, method, directory)
+
+
+def _path_for(
+    key: str, task: Task | PromptSet, direction: str, method: str, directory: str | Path | None
+) -> Path:
     name = task.name if isinstance(task, Task) else "prompts"
     folder = Path(directory) if directory is not None else cache_dir()
     return folder / f"{name}-{direction}-{method}-{key[:16]}.json"
@@ -212,7 +218,7 @@ def discover(
     """
     material = _key_material(model, task, direction, method, sparsity, top_n, steps)
     key = hashlib.sha256(_canonical(material)).hexdigest()
-    path = cache_path(model, task, direction, method, sparsity, top_n, steps, directory)
+    path = _path_for(key, task, direction, method, directory)  # the key is hashed once
     if path.exists() and not recompute:
         circuit = _load(path, key)
         if circuit is not None:

@@ -357,20 +357,6 @@ def load_model(
     return bridge_from_hf(model, tokenizer, label, device=device, edge_hooks=edge_hooks)
 
 
-def model_summary(bridge) -> dict:
-    """A few facts about a loaded model, for logs and reports."""
-    cfg = bridge.cfg
-    return {
-        "name": cfg.model_name,
-        "n_layers": cfg.n_layers,
-        "n_heads": cfg.n_heads,
-        "n_kv_heads": getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
-        "d_model": cfg.d_model,
-        "d_head": cfg.d_head,
-        "n_params": sum(p.numel() for p in bridge.original_model.parameters()),
-    }
-
-
 def weights_fingerprint(bridge) -> str:
     """A short hash of every parameter, used as part of cache keys."""
     import hashlib
@@ -393,7 +379,6 @@ __all__ = [
     "hf_parameters",
     "load_hf",
     "load_model",
-    "model_summary",
     "save_hf_checkpoint",
     "tiny_hf_model",
     "weights_fingerprint",
