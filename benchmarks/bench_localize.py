@@ -22,8 +22,8 @@ import time
 import networkx as nx
 import numpy as np
 
-from clue_mi.cnf import localize
 from clue_mi.gates import gate_counts, logical_circuit
+from clue_mi.localization import localize
 
 
 def model_graph(n_layers: int, n_heads: int, n_kv: int) -> nx.DiGraph:

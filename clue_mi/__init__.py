@@ -1,8 +1,8 @@
 """clue_mi: CLUE (Conflict-guided Localization for LLM Unlearning) on TransformerLens.
 
 The pipeline reads in the module names:
-``models`` -> ``tasks`` -> ``graph`` / ``attribution`` -> ``gates`` -> ``cnf`` -> ``masks``
--> ``unlearn`` -> ``evaluate`` -> ``plots`` / ``report``.
+``models`` -> ``tasks`` -> ``graph`` / ``attribution`` -> ``gates`` -> ``cnf`` ->
+``localization`` -> ``masks`` -> ``unlearn`` -> ``evaluate`` -> ``plots`` / ``report``.
 """
 
 from __future__ import annotations

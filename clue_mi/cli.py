@@ -65,6 +65,7 @@ def _pipeline_config(args: argparse.Namespace):
         steps=args.steps,
         sparsity=args.sparsity,
         batch_size=args.batch_size,
+        semantics=args.semantics,
     )
 
 
@@ -175,6 +176,14 @@ def _add_sets_args(p: argparse.ArgumentParser) -> None:
         type=_csv,
         default=task_lib.DEFAULT_RETAIN,
         help="comma-separated retain tasks (default: %(default)s)",
+    )
+    p.add_argument(
+        "--semantics",
+        default="gates",
+        choices=["gates", "output"],
+        help="gates (default): every forget-circuit gate switched off and every retain gate kept "
+        "on (paper Appendix B); output: only the forget output switched off, which finds a "
+        "minimal cut (the smallest edit; often a single head)",
     )
 
 

@@ -254,7 +254,7 @@ def conflict_mask(model, nodes: Iterable[str]) -> Mask:
 
 
 def masks_from_localization(model, loc) -> tuple[Mask, Mask]:
-    """``(forget_mask, conflict_mask)`` from a ``clue_mi.cnf.Localization`` (read by attribute)."""
+    """``(forget_mask, conflict_mask)`` from a :class:`clue_mi.localization.Localization`."""
     return forget_mask(model, loc.forget), conflict_mask(model, loc.conflict)
 
 

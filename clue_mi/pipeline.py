@@ -18,10 +18,13 @@ import networkx as nx
 from tqdm.auto import tqdm
 
 from clue_mi import tasks
+from clue_mi.attribution import METHODS
 from clue_mi.cache import discover
-from clue_mi.cnf import Localization, localize
+from clue_mi.cnf import SEMANTICS
 from clue_mi.gates import logical_circuit
-from clue_mi.graph import graph_for
+from clue_mi.graph import LOGITS, graph_for
+from clue_mi.localization import Localization, localize
+from clue_mi.options import check_choice, check_float, check_int, check_seed, check_unique
 from clue_mi.tasks import Task
 
 
@@ -40,8 +43,12 @@ class PipelineConfig:
     steps: int = 5
     sparsity: float = 0.95
     batch_size: int = 16
-    # An input->logits edge read as OR would keep the forget output on whatever we edit; the
-    # default run drops the fewest such edges and lists them (Localization.relaxed_edges).
+    # "gates": every forget gate off, every retain gate on (paper Appendix B, DESIGN §7).
+    # "output": the forget output off, the retain outputs on: a minimal cut (for comparison).
+    semantics: str = "gates"
+    # Output semantics only: an input->logits edge read as OR would keep the forget output on
+    # whatever we edit, so drop the fewest such edges and list them (Localization.relaxed_edges).
+    # Per-gate semantics always drops the input edges no edit can switch off, and lists them.
     relax_frozen: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -59,8 +66,24 @@ class PipelineConfig:
                 f"'{self.forget}' is both the forget set and a retain set; a component cannot be "
                 "removed and kept for the same task"
             )
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.semantics not in SEMANTICS:
+            raise ValueError(
+                f"semantics must be one of {', '.join(SEMANTICS)}, got {self.semantics!r}"
+            )
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Ranges of the numeric options (one-line ``OptionError`` naming option and range)."""
+        check_unique(self.retain, "retain", "--retain")
+        check_int(self.n, "n", 1, "--n")
+        check_int(self.n_eval, "n_eval", 1, "--n-eval")
+        check_seed(self.seed)
+        check_choice(self.method, "method", METHODS, "--method")
+        check_int(self.steps, "steps", 1, "--steps")
+        self.sparsity = check_float(
+            self.sparsity, "sparsity", "--sparsity", "in [0, 1)", lambda s: 0.0 <= s < 1.0
+        )
+        check_int(self.batch_size, "batch_size", 1, "--batch-size")
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -76,6 +99,32 @@ def load_tasks(model, config: PipelineConfig) -> dict[str, Task]:
         name: tasks.get(name, model, n=config.n, n_eval=config.n_eval, seed=config.seed)
         for name in config.task_names
     }
+
+
+class EmptyCircuitError(ValueError):
+    """A circuit kept no input -> logits path at the chosen sparsity (nothing to localize)."""
+
+
+def check_circuit_reaches_logits(
+    circuit: nx.DiGraph, task: str, direction: str, config: PipelineConfig
+) -> None:
+    """Raise :class:`EmptyCircuitError` if nothing in ``circuit`` drives ``logits``.
+
+    Selection keeps the top edges by |score| and then prunes every edge off an input -> logits
+    path; on a small graph (the 106 edges of ``tiny-llama``) a high sparsity can leave nothing.
+    Localization cannot use such a circuit, so the pipeline stops here, saying what to change.
+    """
+    if LOGITS in circuit and circuit.in_degree(LOGITS) > 0:
+        return
+    g = circuit.graph
+    selected = g.get("n_selected")
+    total = g.get("n_graph_edges")
+    kept = f" ({selected} of {total} edges selected, none on an input -> logits path)"
+    raise EmptyCircuitError(
+        f"the {direction} circuit of task '{task}' keeps no path to the logits at sparsity "
+        f"{config.sparsity:g}{kept if selected is not None else ''}; lower --sparsity "
+        "(PipelineConfig.sparsity), e.g. to 0.5"
+    )
 
 
 def logical_circuits(
@@ -95,6 +144,7 @@ def logical_circuits(
             steps=config.steps,
             batch_size=config.batch_size,
         )
+        check_circuit_reaches_logits(circuits[name, direction], name, direction, config)
     for name in task_data:
         out[name] = logical_circuit(circuits[name, "noising"], circuits[name, "denoising"])
     return out
@@ -109,5 +159,6 @@ def localize_tasks(
         logical[config.forget],
         [logical[name] for name in config.retain],
         all_nodes=all_nodes,
+        semantics=config.semantics,  # type: ignore[arg-type]  # checked in __post_init__
         relax_frozen=config.relax_frozen,
     )

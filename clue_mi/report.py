@@ -103,9 +103,23 @@ def plot_categories(before: dict, after: dict | None, path: Path) -> Path:
     return path
 
 
+def _semantics_text(semantics: str) -> str:
+    """One sentence on how the localization was posed (DESIGN §7)."""
+    if semantics == "gates":
+        return (
+            "Semantics `gates` (paper Appendix B): every gate of the forget circuit switched "
+            "off, every gate of each retain circuit kept on; fewest conflicts, then fewest edits."
+        )
+    return (
+        f"Semantics `{semantics}`: only the forget output switched off and the retain outputs "
+        "kept on; the optimum is a minimal cut (the smallest edit), not the paper's per-gate "
+        "localization."
+    )
+
+
 def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
     """Write ``report.md`` and its figures into the run folder ``run``."""
-    from clue_mi.cnf import Localization
+    from clue_mi.localization import Localization
 
     run = Path(run)
     rows = load_results(run)
@@ -140,6 +154,8 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         "![methods](methods.png)",
         "",
         "## Localization (paper Table 3: before and after unlearning)",
+        "",
+        _semantics_text(before.semantics),
         "",
         f"Before: {before.summary()}",
         "",

@@ -1,4 +1,8 @@
-"""Tests of clue_mi.cnf: Tseitin clauses, the worked examples, brute-force optimality."""
+"""Output semantics (a minimal cut): Tseitin clauses, worked examples, brute-force optimality.
+
+Per-gate semantics, the default, is tested in tests/test_localization.py. Every call here asks
+for ``semantics="output"`` through the wrapper below.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,21 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from clue_mi.cnf import (
-    Localization,
-    LocalizationError,
-    joint_formula,
-    localize,
-    receiver_parts,
-    tseitin,
-)
+from clue_mi.cnf import joint_formula as _joint_formula
+from clue_mi.cnf import receiver_parts, tseitin
+from clue_mi.localization import Localization, LocalizationError
+from clue_mi.localization import localize as _localize
+
+
+def localize(*args, **kwargs) -> Localization:
+    """:func:`clue_mi.localization.localize` under output semantics."""
+    return _localize(*args, semantics="output", **kwargs)
+
+
+def joint_formula(*args, **kwargs):
+    """:func:`clue_mi.cnf.joint_formula` under output semantics."""
+    return _joint_formula(*args, semantics="output", **kwargs)
+
 
 NODE_MODELS = ("switch", "derived")
 
@@ -181,7 +192,7 @@ def test_receiver_parts():
     groups = {"AND": ["a"], "OR": ["o"], "ADDER": ["d"]}
     assert receiver_parts(groups, "retain") == (["a", "d"], ["o"])
     assert receiver_parts(groups, "forget") == (["a"], ["o", "d"])
-    with pytest.raises(ValueError, match="semantics"):
+    with pytest.raises(ValueError, match="side"):
         receiver_parts(groups, "both")  # type: ignore[arg-type]
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from clue_mi.cli import main
-from clue_mi.cnf import Localization
+from clue_mi.localization import Localization
 
 QUICK = ["--quick", "--model", "tiny-llama", "--sparsity", "0.5", "--methods", "clue,random"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 
-from clue_mi.cnf import LocalizationError, localize
 from clue_mi.gates import gate_counts, is_internal_edge, logical_circuit, node_kind, node_layer
+from clue_mi.localization import LocalizationError, localize
 
 
 def _circuit(direction: str, edges: dict[tuple[str, str], float], **attrs) -> nx.DiGraph:
@@ -184,8 +184,8 @@ def test_logical_circuit_feeds_localize():
     # The same behaviour to forget and to keep: whatever the forget side edits is a conflict.
     # input -> logits is OR, so the frozen input keeps the forget output on unless relaxed.
     with pytest.raises(LocalizationError, match="relax_frozen=True"):
-        localize(logical, [logical])
-    loc = localize(logical, [logical], relax_frozen=True)
+        localize(logical, [logical], semantics="output")
+    loc = localize(logical, [logical], semantics="output", relax_frozen=True)
     assert loc.relaxed_edges == [("input", "logits")]
     # Forget needs m0, a1.h0 and m1 off; retain needs m0 and a1.h0 (AND) but not m1 (its
     # OR part is met by input). a1.h0 goes dark in forget through a1.h0.q's AND edge from m0.
