@@ -11,7 +11,9 @@ pair is pruned as in DESIGN §5 and typed with :func:`clue_mi.gates.logical_circ
 sets how alike the two directions are (more alike -> more ADDER gates -> more conflicts).
 
 Run:  python benchmarks/bench_localize.py [--layers 30 --edges 10000 --retain 3 --seed 0]
-      [--overlap 0.3 0.9 0.99] [--derived]
+      [--overlap 0.3 0.9 0.99] [--semantics gates output] [--derived]
+
+Localization on the embedded model's real circuits: benchmarks/localize_table.py.
 """
 
 from __future__ import annotations
@@ -112,6 +114,13 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, nargs="+", default=[0.3, 0.9, 0.99])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--semantics",
+        nargs="+",
+        default=["gates", "output"],
+        choices=["gates", "output"],
+        help="per-gate (default) and/or output semantics (a minimal cut)",
+    )
+    parser.add_argument(
         "--derived",
         action="store_true",
         help="also run node_model='derived' (DESIGN §7 read literally) with input free",
@@ -144,41 +153,59 @@ def main() -> None:
                 f"edges  AND {gates['AND']:5d}  OR {gates['OR']:5d}  ADDER {gates['ADDER']:5d}"
             )
         print(f"  gate typing (all circuits): {typing_s:.2f} s")
-        start = time.perf_counter()
-        loc = localize(circuits[0], circuits[1:], all_nodes=graph, relax_frozen=True)
-        total_s = time.perf_counter() - start
-        st = loc.stats
-        print(
-            f"  CNF: {st['n_vars']} vars, {st['n_clauses']} clauses, {st['n_soft']} soft, "
-            f"{st['n_split']} split nodes, {st['n_relaxable']} relaxable frozen edges"
-        )
-        print(
-            f"  encode {st['encode_s']:.2f} s | SAT (CaDiCaL) {st['sat_s']:.2f} s | "
-            f"MaxSAT (RC2) {st['maxsat_s']:.2f} s | localize total {total_s:.2f} s"
-        )
-        print(
-            f"  Φ {'SAT' if loc.satisfiable else 'UNSAT'}: {len(loc.forget)} forget, "
-            f"{len(loc.conflict)} conflict, {len(loc.retain)} retain, {len(loc.safe)} safe; "
-            f"relaxed edges: {loc.relaxed_edges or 'none'}"
-        )
+        for semantics in args.semantics:
+            report_localization(circuits, graph, semantics)
         if args.derived:
             start = time.perf_counter()
             derived = localize(
-                circuits[0], circuits[1:], all_nodes=graph, node_model="derived", frozen=()
+                circuits[0],
+                circuits[1:],
+                all_nodes=graph,
+                semantics="output",
+                node_model="derived",
+                frozen=(),
             )
             print(
                 f"  derived model, input free: {len(derived.forget)} forget, "
                 f"{len(derived.conflict)} conflict, {len(derived.retain)} retain "
                 f"({time.perf_counter() - start:.2f} s)"
             )
-        if loc.conflict:
-            node = sorted(loc.conflict)[0]
-            start = time.perf_counter()
-            text = loc.explain(node)
-            print(
-                f"  explain({node!r}): {time.perf_counter() - start:.2f} s, "
-                f"{len(text.splitlines())} lines"
-            )
+
+
+def report_localization(circuits: list[nx.DiGraph], graph: nx.DiGraph, semantics: str) -> None:
+    """Localize the forget circuit against the retain circuits; print sizes and timings."""
+    start = time.perf_counter()
+    loc = localize(
+        circuits[0],
+        circuits[1:],
+        all_nodes=graph,
+        semantics=semantics,  # type: ignore[arg-type]
+        relax_frozen=True,
+    )
+    total_s = time.perf_counter() - start
+    st = loc.stats
+    print(f"  -- semantics={semantics!r}")
+    print(
+        f"  CNF: {st['n_vars']} vars, {st['n_clauses']} clauses, {st['n_soft']} soft, "
+        f"{st['n_split']} split nodes, {st['n_relaxable']} relaxable frozen edges"
+    )
+    print(
+        f"  encode {st['encode_s']:.2f} s | SAT (CaDiCaL) {st['sat_s']:.2f} s | "
+        f"MaxSAT (RC2) {st['maxsat_s']:.2f} s | localize total {total_s:.2f} s"
+    )
+    print(
+        f"  Φ {'SAT' if loc.satisfiable else 'UNSAT'}: {len(loc.forget)} forget, "
+        f"{len(loc.conflict)} conflict, {len(loc.retain)} retain, {len(loc.safe)} safe; "
+        f"relaxed/dropped edges: {loc.relaxed_edges or 'none'}"
+    )
+    if loc.conflict:
+        node = sorted(loc.conflict)[0]
+        start = time.perf_counter()
+        text = loc.explain(node)
+        print(
+            f"  explain({node!r}): {time.perf_counter() - start:.2f} s, "
+            f"{len(text.splitlines())} lines"
+        )
 
 
 if __name__ == "__main__":

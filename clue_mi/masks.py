@@ -366,6 +366,24 @@ def mask_counts(model, *masks: Mapping[str, Tensor]) -> dict[str, list[int]]:
     return out
 
 
+def category_shares(model, loc, categories: Iterable[str] = ("forget", "conflict", "retain")):
+    """Share of each matrix kind's weights owned by each category of a localization.
+
+    Returns ``{category: {kind: fraction}}`` with kinds in ``layer_matrices`` order (q, k, v,
+    o, gate, up, down for Llama) plus ``"all"``, the unweighted mean over every per-layer
+    matrix (``unlearned_ratio``'s measure). ``loc`` is read by attribute (``loc.forget``...).
+    """
+    sizes = {kind: sum(per_layer) for kind, per_layer in matrix_sizes(model).items()}
+    out: dict[str, dict[str, float]] = {}
+    for category in categories:
+        mask = mask_from_nodes(model, getattr(loc, category))
+        counts = mask_counts(model, mask)
+        row = {kind: sum(counts.get(kind, [])) / total for kind, total in sizes.items()}
+        row["all"] = unlearned_ratio(model, mask)
+        out[category] = row
+    return out
+
+
 def matrix_sizes(model) -> dict[str, list[int]]:
     """Total elements per matrix kind and layer, shaped like ``mask_counts``."""
     geo = geometry(model)
@@ -446,6 +464,7 @@ __all__ = [
     "MatrixView",
     "UnsupportedArchitectureError",
     "WeightSlice",
+    "category_shares",
     "conflict_mask",
     "forget_mask",
     "full_mask",

@@ -245,3 +245,16 @@ def test_load_rejects_foreign_mask(tiny, tmp_path):
     )
     with pytest.raises(ValueError, match="does not fit"):
         M.load_masks(path, model=tiny)
+
+
+def test_category_shares_count_each_kind_of_weight(tiny):
+    loc = SimpleNamespace(forget={"a0.h1.q"}, conflict={"m1"}, retain={"a1.h0"})
+    shares = M.category_shares(tiny, loc)
+    # One query head of 4 in one layer of 2: 1/8 of all q weights; its matrix is 1/4 masked.
+    assert shares["forget"]["q"] == pytest.approx(1 / 8)
+    assert shares["forget"]["all"] == pytest.approx((1 / 4) / 14)  # 7 matrices x 2 layers
+    assert {k for k, v in shares["forget"].items() if v} == {"q", "all"}
+    # One MLP of 2: half of every MLP matrix kind, nothing of attention.
+    assert [shares["conflict"][k] for k in ("gate", "up", "down")] == [0.5, 0.5, 0.5]
+    assert shares["conflict"]["q"] == shares["conflict"]["o"] == 0
+    assert shares["retain"]["o"] == pytest.approx(1 / 8)  # a head's 16 columns of o_proj
