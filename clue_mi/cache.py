@@ -55,19 +55,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLUE_MI_CACHE", "circuits_cache"))
 
 
-# Hashing every weight takes a while on a real model; remember it per model object and
-# recompute when any parameter was replaced or modified in place (its version counter moves).
+# Hashing every weight takes a while on a real model (about 2 s for SmolLM2-135M); remember it
+# per model object and recompute when any parameter was replaced (data_ptr), written in place by
+# a torch op (its _version moves) or written behind autograd's back (``param.data[...] = x``
+# does not move _version; the checksum sees it).
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _checksum(param: torch.Tensor) -> str:
+    """A cheap content check of one parameter (a few float64 reductions, no hashing).
+
+    Row sums (every element of a 1-D parameter is its own row), then their plain and
+    position-weighted sums: any change of a single element and any exchange of two rows moves
+    it. Only edits that cancel exactly within a row (e.g. swapping two elements of one row
+    through ``.data``) escape it; ``discover(..., recompute=True)`` covers those.
+    """
+    x = param.detach()
+    rows = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(-1, 1)
+    sums = rows.sum(1, dtype=torch.float64)
+    weights = torch.arange(1, sums.numel() + 1, dtype=torch.float64, device=sums.device)
+    return f"{float(sums.sum()).hex()}:{float((sums * weights).sum()).hex()}"
+
+
 def _param_versions(model) -> tuple:
+    """What must stay equal for the memoized fingerprint to hold, per parameter."""
     return tuple(
-        (name, p.data_ptr(), p._version) for name, p in model.original_model.named_parameters()
+        (name, p.data_ptr(), p._version, _checksum(p))
+        for name, p in model.original_model.named_parameters()
     )
 
 
 def model_fingerprint(model) -> str:
-    """``weights_fingerprint(model)``, memoized while the weights stay unchanged."""
+    """``weights_fingerprint(model)``, memoized while the weights stay unchanged.
+
+    Every weight write of clue_mi (``MaskedAdamW``, ``WeightSnapshot.restore``) is an in-place
+    torch op that moves ``_version``; writes through ``.data`` are caught by ``_checksum``.
+    """
     versions = _param_versions(model)
     cached = _FINGERPRINTS.get(model)
     if cached is not None and cached[0] == versions:

@@ -4,11 +4,20 @@ Every function takes a ``TransformerBridge`` (as ``clue_mi.load_model`` returns)
 causal LM; the forward passes run on the HF module (``bridge.original_model``), whose logits
 equal the bridge's, so an unlearned model is measured exactly as it will be exported.
 
-* **FE** forget efficacy = 1 - multiple-choice accuracy on the forget task's eval split.
+* **FE** forget efficacy = 1 - multiple-choice accuracy on the forget task's eval split, and
+  ``fe_phrasings``: the same on the eval facts asked in held-out phrasings (templates that
+  training never used; ``Task.phrasings``), where the forget task has them.
 * **RU** retain utility = accuracy on each retain task's eval split.
 * **GU** general utility = mean ``acc`` over lm-evaluation-harness tasks run on the in-memory
   model. Offline default: the four small tasks shipped in ``clue_mi/lm_eval_tasks``
   (:data:`LOCAL_GU_TASKS`); online, any harness task name (``arc_easy``, ``boolq``...).
+
+Every metric fails closed (DESIGN.md §9): an accuracy counts a prediction as wrong when a choice
+score is not finite or the top score is tied (``choice_accuracy``; GU re-scores lm-eval's
+per-document log-likelihoods the same way), the correct choice sits at a seeded random position,
+MIA is NaN (not a number that looks like 0.5) when a score is not finite, and a greedy
+continuation produced from non-finite logits counts as recalling nothing. ``evaluate_model``
+also reports ``finite``: whether every eval logit was finite (False marks a broken model).
 * **MIA** Min-k% Prob (k = 0.2) membership inference: ROC-AUC of forget texts (label 1) against
   held-out texts (label 0), score = mean of the lowest 20% token log-probs (higher = more likely
   a member). About 0.5 after unlearning: forget texts look like unseen text (the goal). Well
@@ -117,16 +126,42 @@ def final_logits(
     return torch.cat(out)
 
 
-def task_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> float:
-    """Fraction of prompts whose highest-logit answer choice is a correct one."""
+def scored_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> tuple[float, bool]:
+    """Accuracy (failing closed, see ``choice_accuracy``) and whether every logit was finite."""
     logits = final_logits(model, promptset.clean_tokens, batch_size)
     correct = choice_accuracy(logits, promptset.choices.cpu(), promptset.good.cpu())
-    return float(correct.float().mean())
+    return float(correct.float().mean()), bool(torch.isfinite(logits).all())
 
 
-def forget_efficacy(model, forget_task: Task, batch_size: int = 32) -> float:
-    """FE = 1 - accuracy on the forget task's eval split (higher = more forgotten)."""
-    return 1.0 - task_accuracy(model, forget_task.eval, batch_size)
+def task_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> float:
+    """Fraction of prompts whose top answer choice is a correct one, strictly above the rest.
+
+    Fails closed: a prompt with a non-finite choice score or a tied top choice counts as wrong.
+    """
+    return scored_accuracy(model, promptset, batch_size)[0]
+
+
+def logits_are_finite(model, promptset: PromptSet, batch_size: int = 32) -> bool:
+    """Whether every final-position logit of the prompts is finite (False: a broken model)."""
+    return bool(torch.isfinite(final_logits(model, promptset.clean_tokens, batch_size)).all())
+
+
+def _split(task: Task, split: str) -> PromptSet:
+    if split == "eval":
+        return task.eval
+    if split == "phrasings":
+        if task.phrasings is None:
+            raise ValueError(f"task {task.name!r} has no held-out phrasings")
+        return task.phrasings
+    raise ValueError(f"unknown split {split!r}; choose eval or phrasings")
+
+
+def forget_efficacy(model, forget_task: Task, batch_size: int = 32, split: str = "eval") -> float:
+    """FE = 1 - accuracy on the forget task's eval split (higher = more forgotten).
+
+    ``split="phrasings"``: on the same facts asked in held-out phrasings (``Task.phrasings``).
+    """
+    return 1.0 - task_accuracy(model, _split(forget_task, split), batch_size)
 
 
 def retain_utility(model, retain_tasks: Sequence[Task], batch_size: int = 32) -> dict[str, float]:
@@ -205,6 +240,10 @@ def mia_auc(
     """
     members = mink_scores(model, forget_texts, k, batch_size)
     nonmembers = mink_scores(model, holdout_texts, k, batch_size)
+    if not all(math.isfinite(x) for x in [*members, *nonmembers]):
+        # Fail closed: a broken model's AUC is not a number, never one that looks like 0.5.
+        log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
+        return float("nan")
     return auc_from_scores(members, nonmembers)
 
 
@@ -258,7 +297,11 @@ def greedy_continuations(
     batch_size: int = 16,
     tokenizer=None,
 ) -> list[str]:
-    """Greedy (``do_sample=False``) continuations of each prompt, prompt text excluded."""
+    """Greedy (``do_sample=False``) continuations of each prompt, prompt text excluded.
+
+    Fails closed: a continuation any of whose steps had a non-finite logit is returned as ``""``
+    (the model recalled nothing), rather than whatever ``argmax`` makes of NaN.
+    """
     module, tok = hf_model(model), _tokenizer(model, tokenizer)
     device = _device(module)
     out: list[str] = []
@@ -276,9 +319,13 @@ def greedy_continuations(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
-            new = generated[:, enc["input_ids"].shape[1] :]
-            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+            new = generated.sequences[:, enc["input_ids"].shape[1] :]
+            finite = torch.stack([torch.isfinite(x).all(-1) for x in generated.scores]).all(0)
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            out.extend(t if ok else "" for t, ok in zip(texts, finite.tolist(), strict=True))
     return out
 
 
@@ -376,6 +423,45 @@ def _task_accuracy(results: dict[str, Any], name: str, metric: str) -> float:
     raise KeyError(f"task {name!r} has no {metric!r}; it reported {numeric}")
 
 
+def _lls(sample: dict[str, Any]) -> list[float] | None:
+    """The per-choice log-likelihoods of one logged lm-eval sample (None: not multiple choice)."""
+    resps = sample.get("filtered_resps") or []
+    lls = [r[0] if isinstance(r, list | tuple) else r for r in resps]
+    if lls and all(isinstance(x, int | float) and not isinstance(x, bool) for x in lls):
+        return [float(x) for x in lls]
+    return None
+
+
+def fail_closed_value(sample: dict[str, Any], metric: str) -> float:
+    """lm-eval's per-document ``metric``, or 0 when its choice log-likelihoods are degenerate.
+
+    lm-eval picks ``np.argmax`` of the log-likelihoods, which returns the first choice for NaN
+    or tied values; here such a document is wrong (DESIGN.md §9), as in ``choice_accuracy``.
+    The tie check is on the raw log-likelihoods (also for ``acc_norm``).
+    """
+    lls = _lls(sample)
+    value = float(sample[metric])
+    if lls is None or len(lls) < 2:
+        return value if math.isfinite(value) else 0.0
+    top = max(lls)
+    if not all(math.isfinite(x) for x in lls) or sum(x == top for x in lls) > 1:
+        return 0.0
+    return value
+
+
+def _fail_closed_score(results: dict[str, Any], name: str, metric: str) -> float | None:
+    """Mean fail-closed ``metric`` over the logged documents of a task or group, if logged.
+
+    A group's score is the mean over all documents of its subtasks (size-weighted).
+    """
+    samples = results.get("samples") or {}
+    names = [name] if name in samples else list((results.get("group_subtasks") or {}).get(name, []))
+    docs = [d for n in names for d in samples.get(n, [])]
+    if not docs or any(metric not in d for d in docs):
+        return None
+    return sum(fail_closed_value(d, metric) for d in docs) / len(docs)
+
+
 def general_utility(
     model,
     tasks: Sequence[str] | None = None,
@@ -395,9 +481,12 @@ def general_utility(
         metric: ``acc`` by default (length-normalised ``acc_norm`` on request).
         task_dir: folder of extra task YAMLs (default: the shipped ``lm_eval_tasks``).
 
+    Every document is re-scored failing closed (``fail_closed_value``): non-finite or tied
+    choice log-likelihoods count as wrong, where lm-eval would pick the first choice.
+
     Returns:
-        ``{"gu": mean over tasks, "tasks": {name: score}, "metric": metric, "limit": limit,
-        "seconds": wall time}``.
+        ``{"gu": mean over tasks, "tasks": {name: score}, "lm_eval_tasks": {name: lm-eval's own
+        score}, "metric": metric, "limit": limit, "seconds": wall time}``.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -423,7 +512,7 @@ def general_utility(
                 tasks=names,
                 task_manager=manager,
                 limit=limit,
-                log_samples=False,
+                log_samples=True,  # per-document log-likelihoods, re-scored failing closed
                 bootstrap_iters=0,
                 # Leave the caller's RNG state alone (lm-eval seeds globally by default); the
                 # tasks are zero-shot and ``limit`` takes the first documents, so nothing here
@@ -436,10 +525,15 @@ def general_utility(
         module.train(was_training)
     if results is None:  # only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results")
-    scores = {name: _task_accuracy(results, name, metric) for name in names}
+    raw = {name: _task_accuracy(results, name, metric) for name in names}
+    scores = {}
+    for name in names:
+        strict = _fail_closed_score(results, name, metric)
+        scores[name] = raw[name] if strict is None else strict
     return {
         "gu": sum(scores.values()) / len(scores),
         "tasks": scores,
+        "lm_eval_tasks": raw,
         "metric": metric,
         "limit": limit,
         "seconds": time.perf_counter() - start,
@@ -471,8 +565,10 @@ def evaluate_model(
         forget_texts: MIA members; default: the forget task's train + eval sentences, i.e. the
             text that unlearning trains on.
 
-    Returns keys ``fe``, ``forget_acc``, ``ru`` (per task), ``ru_mean``, ``gu``, ``gu_tasks``,
-    ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``seconds``.
+    Returns keys ``fe``, ``forget_acc``, ``fe_phrasings`` (FE on held-out phrasings of the
+    eval facts; None when the forget task has none), ``ru`` (per task), ``ru_mean``, ``gu``,
+    ``gu_tasks``, ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``finite`` (every eval logit
+    finite; False marks a broken model, whose accuracies are 0 and MIA NaN), ``seconds``.
     """
     start = time.perf_counter()
     members = (
@@ -489,15 +585,26 @@ def evaluate_model(
         ["general utility"] if gu_names else []
     )
     out: dict[str, Any] = {}
+    finite = True
     with tqdm(total=len(steps), desc="evaluate", leave=False) as bar:
         for step in steps:
             bar.set_postfix_str(step)
             if step == "forget efficacy":
-                out["fe"] = forget_efficacy(model, forget_task, batch_size)
-                out["forget_acc"] = 1.0 - out["fe"]
+                acc, finite = scored_accuracy(model, forget_task.eval, batch_size)
+                out["fe"], out["forget_acc"] = 1.0 - acc, acc
+                out["fe_phrasings"] = None
+                if forget_task.phrasings is not None:
+                    acc, ok = scored_accuracy(model, forget_task.phrasings, batch_size)
+                    out["fe_phrasings"], finite = 1.0 - acc, finite and ok
             elif step == "retain utility":
-                out["ru"] = retain_utility(model, retain_tasks, batch_size)
+                out["ru"] = {}
+                for task in retain_tasks:
+                    out["ru"][task.name], ok = scored_accuracy(model, task.eval, batch_size)
+                    finite = finite and ok
                 out["ru_mean"] = sum(out["ru"].values()) / max(1, len(out["ru"]))
+                out["finite"] = finite
+                if not finite:
+                    log.warning("evaluate: non-finite logits; the model is broken")
             elif step == "MIA":
                 out["mia_auc"] = mia_auc(model, members, holdout, batch_size=batch_size)
             elif step == "Rouge-L":
@@ -534,6 +641,9 @@ __all__ = [
     "holdout_capital_texts",
     "hf_model",
     "local_task_dir",
+    "logits_are_finite",
+    "fail_closed_value",
+    "scored_accuracy",
     "mia_auc",
     "mink_from_logprobs",
     "mink_scores",

@@ -19,6 +19,7 @@ The model is kept in eval mode while training (no dropout), so runs are determin
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import warnings
@@ -43,6 +44,8 @@ from clue_mi.masks import (
     layer_matrices,
     mask_from_nodes,
 )
+
+log = logging.getLogger(__name__)
 
 LossName = Literal["po", "ga", "npo"]
 LOSSES: tuple[str, ...] = ("po", "ga", "npo")
@@ -254,9 +257,15 @@ class MaskedAdamW:
     """AdamW over the masked elements of some parameters, and nothing else.
 
     For each parameter it keeps ``exp_avg`` / ``exp_avg_sq`` of exactly ``mask.sum()`` elements
-    (the whole parameter when the mask is full). ``step`` gathers the masked gradient entries,
-    and writes the updated values back in place under ``no_grad``; unmasked elements are never
-    written, so they stay bit-identical (no weight decay or momentum leaks onto them).
+    (the whole parameter, in its own layout, when the mask is full). ``step`` gathers the masked
+    gradient entries, and writes the updated values back in place under ``no_grad``; unmasked
+    elements are never written, so they stay bit-identical (no weight decay or momentum leaks
+    onto them).
+
+    Every write is an in-place op on the parameter itself (``param.mul_``, ``param[mask] = v``),
+    never on ``param.data``: it lands for any memory layout (a ``reshape`` of a non-contiguous
+    parameter would be a copy) and it moves the parameter's ``_version``, which the circuit
+    cache's fingerprint relies on.
     """
 
     def __init__(
@@ -273,13 +282,14 @@ class MaskedAdamW:
         for param, mask in entries:
             mask = mask.to(param.device)
             dense = bool(mask.all())
-            n = param.numel() if dense else int(mask.sum())
+            # Dense: moments shaped (and strided) like the parameter; masked: one per element.
+            like = param.detach() if dense else param.detach().new_empty(int(mask.sum()))
             self.groups.append(
                 {
                     "param": param,
                     "mask": None if dense else mask,
-                    "exp_avg": torch.zeros(n, dtype=param.dtype, device=param.device),
-                    "exp_avg_sq": torch.zeros(n, dtype=param.dtype, device=param.device),
+                    "exp_avg": torch.zeros_like(like),
+                    "exp_avg_sq": torch.zeros_like(like),
                 }
             )
 
@@ -303,17 +313,18 @@ class MaskedAdamW:
             param, mask = g["param"], g["mask"]
             if param.grad is None:
                 continue
-            grad = param.grad.reshape(-1) if mask is None else param.grad[mask]
+            grad = param.grad if mask is None else param.grad[mask]
             m, v = g["exp_avg"], g["exp_avg_sq"]
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-            values = param.data.reshape(-1) if mask is None else param.data[mask]
+            # In place on the parameter (not .data): any layout, and _version moves.
+            values = param if mask is None else param[mask]  # masked: a gathered copy
             if self.weight_decay:
                 values.mul_(1 - self.lr * self.weight_decay)
             values.addcdiv_(m, denom, value=-self.lr / bc1)
             if mask is not None:
-                param.data[mask] = values  # scatter: only masked elements are written
+                param[mask] = values  # scatter: only masked elements are written
 
     def zero_grad(self) -> None:
         for g in self.groups:
@@ -321,10 +332,21 @@ class MaskedAdamW:
 
 
 def _entries(model, mask: Mapping[str, Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
-    """(parameter, mask) pairs; names of one tied tensor are merged (OR), empty masks dropped."""
+    """(parameter, mask) pairs of a model; see ``_entries_from``."""
+    return _entries_from({name: get_parameter(model, name) for name in mask}, mask)
+
+
+def _entries_from(
+    params: Mapping[str, nn.Parameter], mask: Mapping[str, Tensor]
+) -> list[tuple[nn.Parameter, Tensor]]:
+    """(parameter, mask) pairs; names of one tied tensor are merged (OR), empty masks dropped.
+
+    Merging matters: two optimizer groups on one tied tensor would each keep their own moments
+    and apply two updates per step.
+    """
     merged: dict[int, tuple[nn.Parameter, Tensor]] = {}
     for name, m in mask.items():
-        param = get_parameter(model, name)
+        param = params[name]
         if m.shape != param.shape:
             raise ValueError(
                 f"mask for {name} has shape {tuple(m.shape)}, not {tuple(param.shape)}"
@@ -357,13 +379,19 @@ def _only_grad_for(model, params: Sequence[nn.Parameter]):
 
 @dataclass
 class UnlearnResult:
-    """What a run did: per-step losses, NPO references, optimizer sizes and steps per stage."""
+    """What a run did: per-step losses, NPO references, optimizer sizes and steps per stage.
+
+    ``epochs`` are the epochs each stage really trained (after an empty stage's epochs moved to
+    the other stage, see ``unlearn``); ``notes`` say why they differ from those asked for.
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     ref_nll: Tensor | None = None
     state_numel: dict[int, int] = field(default_factory=dict)
     state_bytes: dict[int, int] = field(default_factory=dict)
     steps: dict[int, int] = field(default_factory=dict)
+    epochs: tuple[int, ...] = ()
+    notes: list[str] = field(default_factory=list)
 
     def losses(self, stage: int | None = None) -> list[float]:
         return [h["loss"] for h in self.history if stage is None or h["stage"] == stage]
@@ -483,6 +511,32 @@ def _cycle(data: Encoded, batch_size: int, rng: random.Random) -> Iterator[Batch
         yield from data.batches(batch_size, order)
 
 
+def balanced_epochs(
+    model,
+    forget_mask: Mapping[str, Tensor],
+    conflict_mask: Mapping[str, Tensor] | None,
+    epochs: tuple[int, int],
+) -> tuple[tuple[int, int], str | None]:
+    """Epochs per stage so that CLUE trains its whole budget whatever its mask sizes.
+
+    A stage whose mask is empty (no forget node, or no conflict: the satisfiable case) cannot
+    train; its epochs move to the other stage, which then trains ``sum(epochs)`` epochs with its
+    own loss, so CLUE takes as many optimizer steps as a one-stage baseline on the same budget.
+    Returns the epochs and a note saying what moved (None when nothing did).
+    """
+    empty = [not _entries(model, forget_mask), not _entries(model, conflict_mask or {})]
+    total = epochs[0] + epochs[1]
+    for stage, other in ((1, 2), (2, 1)):
+        if empty[stage - 1] and not empty[other - 1] and epochs[stage - 1] > 0:
+            moved = (0, total) if stage == 1 else (total, 0)
+            note = (
+                f"stage {stage} mask is empty: its {epochs[stage - 1]} epoch(s) go to stage "
+                f"{other}, which trains {total} epoch(s) (equal step budget)"
+            )
+            return moved, note
+    return epochs, None
+
+
 def unlearn(
     model,
     forget: Sequence[str],
@@ -500,6 +554,7 @@ def unlearn(
     progress: bool = True,
     tokenizer=None,
     refusals: Sequence[str] | None = None,
+    rebalance: bool = True,
 ) -> UnlearnResult:
     """CLUE's two-stage masked unlearning, written in place into ``bridge.original_model``.
 
@@ -513,6 +568,10 @@ def unlearn(
             or ``None`` mask skips stage 2 (the satisfiable case).
         epochs: epochs of stage 1 and stage 2; one epoch = one pass over ``forget`` in batches
             of ``batch_size`` (stage 2 draws one retain batch per step, cycling).
+        rebalance: when one stage's mask is empty, give its epochs to the other stage
+            (``balanced_epochs``; logged as a warning and kept in ``result.notes``), so that
+            every method trains the same number of steps. An explicit 0-epoch stage is never
+            rebalanced.
         lr, weight_decay: AdamW hyper-parameters (decay touches masked elements only).
         beta: NPO temperature.
     """
@@ -530,6 +589,12 @@ def unlearn(
         refusals,
     )
     result = UnlearnResult(ref_nll=s.ref_nll)
+    if rebalance:
+        epochs, note = balanced_epochs(model, forget_mask, conflict_mask, epochs)
+        if note:
+            log.warning("unlearn: %s", note)
+            result.notes.append(note)
+    result.epochs = tuple(epochs)
     torch.manual_seed(seed)
     _run_stage(model, s, 1, forget_mask, epochs[0], lr, 0.0, result)
     _run_stage(model, s, 2, conflict_mask or {}, epochs[1], lr, lam, result)
@@ -572,7 +637,7 @@ def unlearn_baseline(
         tokenizer,
         refusals,
     )
-    result = UnlearnResult(ref_nll=s.ref_nll)
+    result = UnlearnResult(ref_nll=s.ref_nll, epochs=(epochs,))
     torch.manual_seed(seed)
     _run_stage(model, s, 1, mask, epochs, lr, lam, result)
     return result
@@ -757,6 +822,7 @@ __all__ = [
     "MaskedAdamW",
     "REFUSALS",
     "UnlearnResult",
+    "balanced_epochs",
     "baseline_mask",
     "encode_prompt_answers",
     "encode_texts",

@@ -139,3 +139,47 @@ def test_summary_mentions_size_and_faithfulness(tiny, task):
     text = circuit_summary(discover(tiny, task, **ARGS))
     assert "edges:" in text and "sparsity" in text and "KL" in text and "recovery" in text
     assert "task=ioi" in text and "direction=noising" in text
+
+
+def test_discover_after_a_masked_step_recomputes(tiny, task):
+    """discover -> one MaskedAdamW step on the MLP weights -> discover must not hit (#16)."""
+    from clue_mi import masks
+    from clue_mi.unlearn import MaskedAdamW
+
+    first = discover(tiny, task, **ARGS)
+    mask = masks.mask_from_nodes(tiny, ["m0", "m1"])
+    params = {n: masks.get_parameter(tiny, n) for n in mask}
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    opt = MaskedAdamW([(params[n], m) for n, m in mask.items()], lr=0.05)
+    for p in params.values():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    opt.zero_grad()
+    try:
+        assert model_fingerprint(tiny) == weights_fingerprint(tiny)
+        again = discover(tiny, task, **ARGS)
+        assert again.graph["cache_hit"] is False
+        scores = lambda c: {(u, v): s for u, v, s in c.edges(data="score")}  # noqa: E731
+        assert scores(again) != scores(first)
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+    assert discover(tiny, task, **ARGS).graph["cache_hit"] is True
+
+
+def test_a_data_write_that_skips_the_version_is_still_seen(tiny, task):
+    """``param.data[...] = x`` does not move ``_version``; the fingerprint must notice anyway."""
+    before = model_fingerprint(tiny)
+    from clue_mi.masks import get_parameter
+
+    param = get_parameter(tiny, "model.layers.0.mlp.up_proj.weight")
+    saved, version = param.detach().clone(), param._version
+    param.data[0, 0] += 1.0
+    assert param._version == version  # the write torch does not count
+    try:
+        assert model_fingerprint(tiny) != before
+        assert model_fingerprint(tiny) == weights_fingerprint(tiny)
+    finally:
+        param.data.copy_(saved)
+    assert model_fingerprint(tiny) == before

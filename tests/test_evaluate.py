@@ -158,13 +158,14 @@ def test_task_accuracy_on_hand_made_logits(monkeypatch):
     logits[0, 3] = 5.0  # choices (3, 4): picks 3, correct
     logits[1, 5] = 5.0  # choices (4, 5): picks 5, wrong
     logits[2, 7] = 1.0  # choices (6, 7, 8): picks 7, one of two correct
-    logits[3, 2] = 9.0  # choices (1, 0): 2 is not a choice; picks 1 (0.0 == 0.0 -> first)
+    logits[3, 2] = 9.0  # choices (1, 0): 2 is not a choice; 0.0 == 0.0 is a tie -> wrong
     ps = _promptset(
         [[3, 4], [4, 5], [6, 7], [1, 0]],
         [[True, False], [True, False], [False, True], [True, False]],
     )
     monkeypatch.setattr(ev, "final_logits", lambda model, tokens, bs: logits)
-    assert ev.task_accuracy(None, ps) == pytest.approx(0.75)
+    # Before #16 the tie went to the first choice, the correct one here: 0.75.
+    assert ev.task_accuracy(None, ps) == pytest.approx(0.5)
 
 
 def test_fe_and_ru_on_the_tiny_model(tiny):

@@ -96,3 +96,84 @@ def test_embedded_model_beats_chance_on_default_tasks(smol, name):
     acc = tasks.choice_accuracy(logits, task.eval.choices, task.eval.good).float().mean().item()
     # Measured 0.9-1.0 on every default task (README table); chance is 0.25-0.56.
     assert acc >= task.chance + 0.3, (name, acc, task.chance)
+
+
+# ----------------------------------------------------------------------------- fail closed (#16)
+
+
+def test_accuracy_fails_closed_on_nan_and_ties():
+    choices = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]])
+    good = torch.tensor([[True, False, False]] * 5)
+    logits = torch.tensor(
+        [
+            [float("nan")] * 4,  # a diverged model: argmax would say choice 0, the correct one
+            [1.0, 1.0, 1.0, 0.0],  # every choice tied
+            [2.0, 2.0, 0.0, 0.0],  # the top score tied with another choice
+            [float("inf"), 0.0, 0.0, 0.0],  # a non-finite top score
+            [2.0, 1.0, 1.0, 0.0],  # a clear top; ties below it do not matter
+        ]
+    )
+    assert tasks.choice_accuracy(logits, choices, good).tolist() == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+@pytest.mark.parametrize("name", ["capitals", "ioi", "gender", "induction", "greater_than"])
+def test_correct_choice_position_is_shuffled_by_seed(tiny, name):
+    task = tasks.get(name, tiny, n=32, n_eval=32, seed=0)
+    good = torch.cat([task.prompts.good, task.eval.good])
+    first_good = good.float().argmax(1)
+    k = good.shape[1]
+    # Not always in front (before #16 it was index 0 in every built-in task) ...
+    if name != "greater_than":  # greater_than: the digits are the choices, several are good
+        share = (first_good == 0).float().mean().item()
+        assert abs(share - 1 / k) < 0.25, share
+    # ... the choice set per prompt is unchanged, only reordered, and the same seed gives the
+    # same order.
+    again = tasks.get(name, tiny, n=32, n_eval=32, seed=0)
+    assert torch.equal(again.prompts.choices, task.prompts.choices)
+    assert torch.equal(again.prompts.good, task.prompts.good)
+    assert (good.sum(1) >= 1).all() and ((~good).sum(1) >= 1).all()
+
+
+def test_choice_order_does_not_change_the_metric(tiny):
+    task = tasks.get("capitals", tiny, n=8, n_eval=8)
+    ps = task.prompts
+    logits = torch.randn(len(ps), tiny.cfg.d_vocab)
+    perm = torch.randperm(ps.choices.shape[1])
+    torch.testing.assert_close(
+        tasks.logit_metric(logits, ps.choices, ps.good),
+        tasks.logit_metric(logits, ps.choices[:, perm], ps.good[:, perm]),
+    )
+
+
+def test_capitals_have_held_out_phrasings(tiny):
+    from clue_mi.tasks.builtin import CAPITAL_HELDOUT_TEMPLATES, CAPITAL_TEMPLATES
+
+    task = tasks.get("capitals", tiny, n=16, n_eval=16, seed=0)
+    ph = task.phrasings
+    assert ph is not None and len(ph) >= len(task.eval)
+    trained = [t.split("{}")[0] for t in CAPITAL_TEMPLATES]
+    held = [t.split("{}")[0] for t in CAPITAL_HELDOUT_TEMPLATES]
+    assert not set(trained) & set(held)
+    # Never a trained phrasing: not in the prompts, the eval split or any training sentence.
+    for text in ph.clean + ph.sentences:
+        assert not any(text.startswith(h) for h in trained), text
+        assert any(text.startswith(h) for h in held), text
+    training = set(task.prompts.clean + task.eval.clean + task.train_text + task.eval_text)
+    assert not training & set(ph.clean + ph.sentences)
+    # The same facts as the eval split: the same answer choices, the same correct one.
+    eval_rows = {
+        (tuple(c.tolist()), tuple(g.tolist()))
+        for c, g in zip(task.eval.choices, task.eval.good, strict=True)
+    }
+    for c, g in zip(ph.choices, ph.good, strict=True):
+        assert (tuple(c.tolist()), tuple(g.tolist())) in eval_rows
+    for text, row in zip(ph.clean, ph.clean_tokens, strict=True):
+        assert tiny.tokenizer(text)["input_ids"] == row.tolist()
+    # Tasks without held-out phrasings say so.
+    assert tasks.get("ioi", tiny, n=4, n_eval=4).phrasings is None

@@ -335,3 +335,133 @@ def test_masked_po_forgets_capitals_on_smollm2(smol):
         with torch.no_grad():
             for n, p in M.hf_parameters(smol).items():
                 p.copy_(saved[n])
+
+
+# ------------------------------------------------------------------ every write lands (#16)
+
+
+def _adamw_pair(param: torch.nn.Parameter, mask: torch.Tensor, lr: float = 0.1):
+    """Our optimizer on ``param`` and torch's AdamW on a contiguous copy of it."""
+    ref = torch.nn.Parameter(param.detach().clone().contiguous())
+    return (
+        U.MaskedAdamW([(param, mask)], lr=lr),
+        torch.optim.AdamW([ref], lr=lr, weight_decay=0),
+        ref,
+    )
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_update_lands_on_a_non_contiguous_parameter(full):
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(4, 6).t())  # a transposed 6x4 view
+    assert not param.is_contiguous()
+    mask = torch.ones(6, 4, dtype=torch.bool) if full else torch.rand(6, 4) < 0.5
+    start = param.detach().clone()
+    opt, topt, ref = _adamw_pair(param, mask)
+    for _ in range(3):
+        g = torch.randn(6, 4)
+        param.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        topt.step()
+    now = param.detach()
+    torch.testing.assert_close(now[mask], ref.detach()[mask])
+    assert (now[mask] != start[mask]).all()
+    assert torch.equal(now[~mask], start[~mask])
+
+
+def test_update_lands_on_a_tied_parameter():
+    """One tensor under two names (tied embeddings): both views see one consistent update."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, as HF ties lm_head to embed_tokens
+    net = torch.nn.Sequential(emb, head)
+    names = {"0.weight": emb.weight, "1.weight": head.weight}
+    assert names["0.weight"] is names["1.weight"]
+    rows = torch.zeros(10, 4, dtype=torch.bool)
+    rows[:3] = True
+    cols = torch.zeros(10, 4, dtype=torch.bool)
+    cols[:, 0] = True
+    start = emb.weight.detach().clone()
+    entries = U._entries_from(names, {"0.weight": rows, "1.weight": cols})
+    assert len(entries) == 1  # merged: one parameter, the union of both masks
+    union = rows | cols
+    opt = U.MaskedAdamW(entries, lr=0.1)
+    net(torch.arange(10)).sum().backward()
+    opt.step()
+    now = emb.weight.detach()
+    assert torch.equal(now, head.weight.detach())
+    assert (now[union] != start[union]).all() and torch.equal(now[~union], start[~union])
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_step_moves_the_parameter_version(full):
+    """The circuit cache trusts ``_version``: a step must move it (``.data`` writes did not)."""
+    param = torch.nn.Parameter(torch.randn(5, 3))
+    mask = torch.ones(5, 3, dtype=torch.bool) if full else torch.eye(5, 3, dtype=torch.bool)
+    opt = U.MaskedAdamW([(param, mask)], lr=0.1)
+    param.grad = torch.ones(5, 3)
+    before = param._version
+    opt.step()
+    assert param._version > before
+
+
+def test_empty_stage_gives_its_steps_to_the_other_stage(model, caplog):
+    """CLUE trains as many steps as a baseline whatever its mask sizes (equal step budgets)."""
+    fm, empty = M.forget_mask(model, FORGET_NODES), {}
+    budget = U.unlearn_baseline(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        fm,
+        loss="ga",
+        epochs=3,
+        lr=0.0,
+        batch_size=4,
+        progress=False,
+    )
+    with caplog.at_level("WARNING", logger="clue_mi.unlearn"):
+        no_conflict = U.unlearn(
+            model,
+            FORGET_TEXT,
+            RETAIN_TEXT,
+            fm,
+            empty,
+            loss="ga",
+            epochs=(1, 2),
+            lr=0.0,
+            batch_size=4,
+            progress=False,
+        )
+    assert "stage 2" in caplog.text and "empty" in caplog.text
+    no_forget = U.unlearn(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        empty,
+        fm,
+        loss="ga",
+        epochs=(1, 2),
+        lr=0.0,
+        batch_size=4,
+        progress=False,
+    )
+    total = sum(budget.steps.values())
+    assert total == 6
+    assert sum(no_conflict.steps.values()) == total == sum(no_forget.steps.values())
+    assert no_conflict.steps == {1: 6, 2: 0} and no_forget.steps == {1: 0, 2: 6}
+    assert no_conflict.epochs == (3, 0) and no_forget.epochs == (0, 3)
+    # an explicit 0-epoch stage is the caller's choice and is not rebalanced
+    explicit = U.unlearn(
+        model,
+        FORGET_TEXT,
+        RETAIN_TEXT,
+        fm,
+        fm,
+        loss="ga",
+        epochs=(0, 2),
+        lr=0.0,
+        batch_size=4,
+        progress=False,
+    )
+    assert explicit.steps == {1: 0, 2: 4}

@@ -14,10 +14,12 @@ from clue_mi.tasks.base import (
     Example,
     Generator,
     PromptSet,
+    Rephrase,
     Task,
     build_task,
     choice_accuracy,
     logit_metric,
+    rephrased_set,
 )
 from clue_mi.tasks.datasets import DATASET_TASKS, DatasetUnavailableError, load_pku_saferlhf_text
 
@@ -27,12 +29,19 @@ class TaskSpec:
     name: str
     description: str
     generate: Generator
+    # Rewrites an eval question into held-out phrasings (``Task.phrasings``); None: no such set.
+    rephrase: Rephrase | None = None
 
 
 REGISTRY: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
-        TaskSpec("capitals", "country -> capital recall (default forget set)", builtin.capitals),
+        TaskSpec(
+            "capitals",
+            "country -> capital recall (default forget set)",
+            builtin.capitals,
+            builtin.capitals_rephrase,
+        ),
         TaskSpec("ioi", "indirect object identification (name mover)", builtin.ioi),
         TaskSpec(
             "greater_than", "'from 1732 to 17' -> a later year's tens digit", builtin.greater_than
@@ -65,8 +74,10 @@ def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0, **kwargs
     """Build task ``name`` for ``model`` (a TransformerBridge, or anything with ``.tokenizer``).
 
     ``n`` prompt pairs for attribution and ``n_eval`` held-out pairs, all of one token length;
-    the same seed gives the same task. Real data sets take ``path=`` (a local copy in the hub's
-    format), ``split=`` and ``max_rows=`` through ``kwargs``.
+    the same seed gives the same task (the order of the answer choices included). Tasks with
+    held-out phrasings (``capitals``) also fill ``Task.phrasings``. Real data sets take
+    ``path=`` (a local copy in the hub's format), ``split=`` and ``max_rows=`` through
+    ``kwargs``.
     """
     if name in DATASET_TASKS:
         return DATASET_TASKS[name].load(model, n, n_eval, seed, **kwargs)
@@ -76,7 +87,9 @@ def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0, **kwargs
     tokenizer = getattr(model, "tokenizer", model)
     # Generate generously: pairs of unequal length and minority lengths are dropped.
     examples = spec.generate(random.Random(f"{name}:{seed}"), 6 * (n + n_eval) + 50)
-    task = build_task(name, spec.description, examples, tokenizer, n, n_eval)
+    task = build_task(name, spec.description, examples, tokenizer, n, n_eval, seed=seed)
+    if spec.rephrase is not None:
+        task.phrasings = rephrased_set(task.eval, spec.rephrase, tokenizer)
     task.info.update(seed=seed)
     return task
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -61,7 +61,7 @@ class PromptSet:
 
     @property
     def incorrect(self) -> Int[Tensor, " n"]:
-        """The first incorrect choice of each prompt (the counterfactual answer)."""
+        """The first incorrect choice of each prompt (the counterfactual answer when k = 2)."""
         return self.choices.gather(1, (~self.good).float().argmax(1, keepdim=True)).squeeze(1)
 
     def batches(self, batch_size: int):
@@ -92,9 +92,10 @@ class Task:
     """A task: prompts for circuit discovery, a held-out eval split, and training text.
 
     ``train_text`` holds the full sentences of the attribution examples; ``eval_text`` those of
-    the eval split. Unlearning forgets ``train_text + eval_text`` of the forget task (the facts to
-    remove are exactly those the eval split asks about) and keeps ``train_text`` of retain tasks
-    (so retain utility is measured on examples the retain loss never saw).
+    the eval split. Unlearning forgets ``train_text + eval_text`` of the forget task (the facts
+    to remove are exactly those the eval split asks about) and keeps ``train_text`` of retain
+    tasks (so retain utility is measured on examples the retain loss never saw). ``phrasings``
+    (optional) asks the eval split's facts in held-out templates that no training text uses.
     """
 
     name: str
@@ -104,6 +105,9 @@ class Task:
     chance: float
     n_dropped: int = 0
     info: dict = field(default_factory=dict)
+    # The eval split's facts in phrasings (templates) that training never uses; None for tasks
+    # without held-out phrasings. FE on it tells forgetting a fact from forgetting a phrasing.
+    phrasings: PromptSet | None = None
 
     @property
     def train_text(self) -> list[str]:
@@ -136,9 +140,34 @@ def choice_accuracy(
     choices: Int[Tensor, "batch k"],
     good: Bool[Tensor, "batch k"],
 ) -> Bool[Tensor, " batch"]:
-    """Whether the highest-scoring choice is a correct one."""
-    best = logits.gather(1, choices).argmax(1, keepdim=True)
-    return good.gather(1, best).squeeze(1)
+    """Whether the highest-scoring choice is a correct one, failing closed (DESIGN.md §9).
+
+    A prediction is wrong when any choice score is not finite (a diverged model: ``argmax``
+    would return index 0 for NaN) or when the top score is tied with another choice (a model
+    that cannot tell the choices apart has not picked one). Ties below the top do not matter.
+    """
+    picked = logits.gather(1, choices)
+    top = picked.max(1, keepdim=True).values
+    at_top = picked == top
+    decided = torch.isfinite(picked).all(1) & (at_top.sum(1) == 1)
+    best = picked.argmax(1, keepdim=True)
+    return good.gather(1, best).squeeze(1) & decided
+
+
+def shuffle_choices(example: Example, rng: random.Random) -> Example:
+    """The example with its answer choices (and their ``good`` flags) in a random order.
+
+    The built-in generators write the correct choice first; left there, a model that always
+    picks the first choice (e.g. ``argmax`` of NaN or tied logits) would look perfect.
+    """
+    order = list(range(len(example.choices)))
+    rng.shuffle(order)
+    return replace(
+        example,
+        choices=tuple(example.choices[i] for i in order),
+        good=tuple(example.good[i] for i in order),
+        text=example.sentence(),  # pin the training sentence to the (unchanged) correct answer
+    )
 
 
 def tokenize(tokenizer, text: str) -> list[int]:
@@ -162,15 +191,20 @@ def build_task(
     n: int,
     n_eval: int,
     chance: float | None = None,
+    seed: int | str = 0,
 ) -> Task:
     """Tokenize examples, enforce equal clean/corrupted lengths, and split attribution / eval.
 
+    The answer choices of every example are shuffled with ``random.Random(f"{name}:choices:
+    {seed}")`` (see ``shuffle_choices``), so the correct choice sits at a random position.
     Raises ``ValueError`` if fewer than ``n + n_eval`` usable examples remain.
     """
     rows = []
     dropped = 0
     seen: set[str] = set()
+    order_rng = random.Random(f"{name}:choices:{seed}")
     for ex in examples:
+        ex = shuffle_choices(ex, order_rng)
         # A repeated clean prompt would leak between the attribution and the held-out split.
         if ex.clean in seen:
             dropped += 1
@@ -195,21 +229,55 @@ def build_task(
             f"n={n} + n_eval={n_eval} were asked for; ask for fewer"
         )
 
-    def prompt_set(part) -> PromptSet:
-        return PromptSet(
-            clean=[r[0].clean for r in part],
-            corrupted=[r[0].corrupted for r in part],
-            clean_tokens=torch.tensor([r[1] for r in part]),
-            corrupted_tokens=torch.tensor([r[2] for r in part]),
-            choices=torch.tensor([r[3] for r in part]),
-            good=torch.tensor([list(r[0].good) for r in part]),
-            sentences=[r[0].sentence() for r in part],
-        )
-
-    prompts, held_out = prompt_set(kept[:n]), prompt_set(kept[n : n + n_eval])
+    prompts, held_out = _prompt_set(kept[:n]), _prompt_set(kept[n : n + n_eval])
     if chance is None:
         chance = float((held_out.good.float().mean(1)).mean())
     return Task(name, description, prompts, held_out, chance, n_dropped=dropped)
+
+
+def _prompt_set(rows: Sequence[tuple[Example, list[int], list[int], list[int]]]) -> PromptSet:
+    """A ``PromptSet`` of tokenized rows ``(example, clean ids, corrupted ids, choice ids)``."""
+    return PromptSet(
+        clean=[r[0].clean for r in rows],
+        corrupted=[r[0].corrupted for r in rows],
+        clean_tokens=torch.tensor([r[1] for r in rows]),
+        corrupted_tokens=torch.tensor([r[2] for r in rows]),
+        choices=torch.tensor([r[3] for r in rows]),
+        good=torch.tensor([list(r[0].good) for r in rows]),
+        sentences=[r[0].sentence() for r in rows],
+    )
+
+
+Rephrase = Callable[[str, str, str], list[tuple[str, str, str]]]
+"""``(clean, corrupted, sentence) -> [(clean, corrupted, sentence), ...]`` in held-out phrasings."""
+
+
+def rephrased_set(eval_set: PromptSet, rephrase: Rephrase, tokenizer) -> PromptSet | None:
+    """The eval split's facts asked in phrasings that training never saw (DESIGN.md §9).
+
+    Every eval prompt is rewritten by ``rephrase`` (one row per held-out phrasing), keeping its
+    answer choices, their order and which are correct, so accuracy here and on ``eval_set`` ask
+    about exactly the same facts. Rows whose clean and corrupted prompts differ in token length
+    are dropped, and only the most common length is kept (one rectangular tensor, never padded).
+    None when no row survives.
+    """
+    rows = []
+    for i, (clean, corrupted, sentence) in enumerate(
+        zip(eval_set.clean, eval_set.corrupted, eval_set.sentences, strict=True)
+    ):
+        choice_ids = eval_set.choices[i].tolist()
+        good = tuple(bool(g) for g in eval_set.good[i])
+        for new_clean, new_corrupted, new_sentence in rephrase(clean, corrupted, sentence):
+            clean_ids = tokenize(tokenizer, new_clean)
+            corrupt_ids = tokenize(tokenizer, new_corrupted)
+            if len(clean_ids) != len(corrupt_ids):
+                continue
+            ex = Example(new_clean, new_corrupted, ("",) * len(good), good, text=new_sentence)
+            rows.append((ex, clean_ids, corrupt_ids, choice_ids))
+    if not rows:
+        return None
+    modal_len, _ = Counter(len(r[1]) for r in rows).most_common(1)[0]
+    return _prompt_set([r for r in rows if len(r[1]) == modal_len])
 
 
 Generator = Callable[[random.Random, int], list[Example]]

@@ -36,6 +36,13 @@ CAPITAL_TEMPLATES = [
     "The largest city and capital of {} is",
     "I know that the capital of {} is",
 ]
+# Held-out phrasings (DESIGN.md §9): never used for attribution, training or the eval split. FE
+# on them tells forgetting a fact from forgetting one way of asking for it.
+CAPITAL_HELDOUT_TEMPLATES = [
+    "Everyone knows that the capital of {} is",
+    "Fact: the capital city of {} is",
+    "The seat of the government of {} is",
+]
 
 NAMES = [
     "Mary", "John", "Tom", "Kate", "James", "Anna", "David", "Sarah", "Paul", "Emma",
@@ -85,6 +92,28 @@ def capitals(rng: random.Random, count: int) -> list[Example]:
             )
         )
     return out
+
+
+def capital_country(prompt: str) -> str | None:
+    """The country a capitals prompt (in a trained template) asks about, or None."""
+    for template in CAPITAL_TEMPLATES:
+        head, tail = template.split("{}")
+        if prompt.startswith(head) and prompt.endswith(tail):
+            country = prompt[len(head) : len(prompt) - len(tail)]
+            if country in CAPITALS:
+                return country
+    return None
+
+
+def capitals_rephrase(clean: str, corrupted: str, sentence: str) -> list[tuple[str, str, str]]:
+    """A capitals question (clean, corrupted, sentence) in every held-out phrasing."""
+    country, other = capital_country(clean), capital_country(corrupted)
+    if country is None or other is None:
+        return []
+    return [
+        (t.format(country), t.format(other), f"{t.format(country)} {_full_capital(country)}.")
+        for t in CAPITAL_HELDOUT_TEMPLATES
+    ]
 
 
 def _full_capital(country: str) -> str:

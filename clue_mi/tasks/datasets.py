@@ -238,7 +238,7 @@ def _finish(
     n_eval: int,
     **info: Any,
 ) -> Task:
-    task = build_task(name, description, examples, tokenizer, n, n_eval)
+    task = build_task(name, description, examples, tokenizer, n, n_eval, seed=info.get("seed", 0))
     task.info.update(info)
     return task
 
