@@ -284,3 +284,49 @@ def test_embedded_model_general_utility(smol):
     for name, score in result["tasks"].items():
         assert score == pytest.approx(MEASURED_GU[name], abs=0.02), name
         assert score > CHANCE[name] + 0.1, name  # a usable utility signal
+
+
+# ----------------------------------------------------------------------------- fail closed (#16)
+
+
+@pytest.mark.parametrize(
+    ("lls", "value", "want"),
+    [
+        ([-1.0, -2.0, -3.0], 1.0, 1.0),  # a clear top: lm-eval's value stands
+        ([-1.0, -2.0, -3.0], 0.0, 0.0),
+        ([float("nan"), -2.0, -3.0], 1.0, 0.0),  # argmax of NaN is the first choice
+        ([-1.0, -1.0, -3.0], 1.0, 0.0),  # a tied top
+        ([float("-inf")] * 3, 1.0, 0.0),
+        ([-1.0, -2.0, -2.0], 1.0, 1.0),  # ties below the top do not matter
+    ],
+)
+def test_gu_documents_are_rescored_failing_closed(lls, value, want):
+    sample = {"filtered_resps": [(x, False) for x in lls], "acc": value}
+    assert ev.fail_closed_value(sample, "acc") == want
+
+
+def test_gu_group_score_is_the_mean_over_its_documents():
+    docs = lambda *v: [{"filtered_resps": [(x, False), (-9.0, False)], "acc": x} for x in v]  # noqa: E731
+    results = {
+        "samples": {"a": docs(1.0, 1.0), "b": docs(0.0, 1.0, 1.0, 1.0)},
+        "group_subtasks": {"g": ["a", "b"]},
+    }
+    assert ev._fail_closed_score(results, "a", "acc") == 1.0
+    assert ev._fail_closed_score(results, "g", "acc") == pytest.approx(5 / 6)
+    assert ev._fail_closed_score(results, "missing", "acc") is None
+
+
+def test_evaluate_model_reports_held_out_phrasings(tiny):
+    from clue_mi import tasks
+
+    forget = tasks.get("capitals", tiny, n=4, n_eval=8)
+    retain = [tasks.get("ioi", tiny, n=4, n_eval=8)]
+    out = ev.evaluate_model(tiny, forget, retain, gu_tasks=())
+    assert out["finite"] is True
+    assert out["fe_phrasings"] == pytest.approx(ev.forget_efficacy(tiny, forget, split="phrasings"))
+    assert out["fe_phrasings"] == pytest.approx(1 - ev.task_accuracy(tiny, forget.phrasings))
+    no_phrasings = ev.evaluate_model(tiny, retain[0], retain, gu_tasks=(), forget_texts=["a b c"],
+                                     holdout_texts=["d e f"])  # fmt: skip
+    assert no_phrasings["fe_phrasings"] is None
+    with pytest.raises(ValueError, match="no held-out phrasings"):
+        ev.forget_efficacy(tiny, retain[0], split="phrasings")

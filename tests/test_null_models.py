@@ -75,6 +75,21 @@ def test_nan_weights_score_zero_everywhere(model, task_sets):
     assert ev.forget_efficacy(model, capitals) == 1.0
     assert ev.retain_utility(model, [task_sets["ioi"]]) == {"ioi": 0.0}
     assert ev.logits_are_finite(model, capitals.eval) is False
+    # The metrics that do not pick a choice fail closed too: no continuation from NaN (nothing
+    # recalled), MIA is not a number (never one that looks like 0.5), GU counts every document
+    # wrong although lm-eval's argmax of NaN log-likelihoods picks the first choice.
+    prompts, refs = ev.continuation_references(capitals)
+    assert ev.greedy_continuations(model, prompts[:4], max_new_tokens=3) == [""] * 4
+    assert ev.rouge_l(model, prompts[:4], refs[:4], max_new_tokens=3) == 0.0
+    texts = capitals.eval_text[:6]
+    mia = ev.mia_auc(model, texts, ev.holdout_capital_texts(like=texts))
+    assert mia != mia  # NaN
+    gu = ev.general_utility(model, tasks=["clue_colors", "clue_sizes"], limit=12, batch_size=12)
+    assert gu["gu"] == 0.0 and set(gu["tasks"].values()) == {0.0}
+    assert gu["lm_eval_tasks"]["clue_sizes"] > 0  # what lm-eval alone reports for NaN
+    out = ev.evaluate_model(model, capitals, [task_sets["ioi"]], gu_tasks=())
+    assert out["finite"] is False
+    assert (out["fe"], out["fe_phrasings"], out["ru_mean"]) == (1.0, 1.0, 0.0)
 
 
 def test_equal_answer_logits_score_zero_everywhere(model, task_sets):
@@ -84,6 +99,12 @@ def test_equal_answer_logits_score_zero_everywhere(model, task_sets):
         logits = ev.final_logits(model, task.eval.clean_tokens)
         assert (logits == 0).all()
         assert ev.task_accuracy(model, task.eval) == 0.0, name
+    # GU choices span several tokens: a uniform next-token distribution gives each choice
+    # -len * log(V), so it prefers the shortest choice (a length prior, not knowledge). Where
+    # the lengths tie, the document is wrong; overall it stays at or below chance.
+    gu = ev.general_utility(model, tasks=["clue_colors", "clue_sizes"], limit=12, batch_size=12)
+    assert gu["tasks"]["clue_colors"] <= 1 / 4 and gu["tasks"]["clue_sizes"] <= 1 / 2
+    assert gu["tasks"]["clue_sizes"] < gu["lm_eval_tasks"]["clue_sizes"]  # ties were counted
 
 
 @pytest.mark.parametrize("name", [t for t in TASKS if t != "greater_than"])
