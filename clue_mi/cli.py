@@ -7,9 +7,38 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from clue_mi import tasks as task_lib
 from clue_mi.models import ModelLoadError
+from clue_mi.options import (
+    check_device,
+    check_float,
+    check_int,
+    check_output_location,
+    check_seed,
+)
+
+# Budgets of a full run and of a --quick smoke run; an option given explicitly always wins.
+# The quick sparsity is lower because a small graph (tiny-llama: 106 edges) keeps no
+# input -> logits path at 0.95: its top 6 edges do not connect.
+DEFAULTS = {"n": 32, "n_eval": 32, "steps": 5, "sparsity": 0.95, "epochs": (1, 5)}
+QUICK = {"n": 8, "n_eval": 8, "steps": 2, "sparsity": 0.5, "epochs": (1, 1)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``clue-mi CMD: error: ...``, exit 2), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _resolve_budget(args: argparse.Namespace) -> None:
+    """Fill the options left unset with the full or the --quick budget."""
+    preset = QUICK if getattr(args, "quick", False) else DEFAULTS
+    for key, value in preset.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -34,9 +63,28 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, device=args.device)
 
 
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The options of discover, which has no config dataclass to check them."""
+    check_int(args.n, "n", 1, "--n")
+    check_int(args.n_eval, "n_eval", 1, "--n-eval")
+    check_seed(args.seed)
+    check_int(args.steps, "steps", 1, "--steps")
+    check_float(args.sparsity, "sparsity", "--sparsity", "in [0, 1)", lambda s: 0.0 <= s < 1.0)
+    check_int(args.batch_size, "batch_size", 1, "--batch-size")
+    check_device(args.device)
+
+
 def cmd_discover(args: argparse.Namespace) -> None:
     from clue_mi.cache import cache_path, circuit_summary, discover
 
+    _resolve_budget(args)
+    _check_model_args(args)
+    if args.top_n is not None:
+        check_int(args.top_n, "top_n", 1, "--top-n")
+    if args.task not in task_lib.names():
+        raise ValueError(
+            f"unknown task {args.task!r} (--task); available: {', '.join(task_lib.names())}"
+        )
     model = _load(args)
     task = task_lib.get(args.task, model, n=args.n, n_eval=args.n_eval, seed=args.seed)
     params = dict(
@@ -72,7 +120,11 @@ def _pipeline_config(args: argparse.Namespace):
 def cmd_localize(args: argparse.Namespace) -> None:
     from clue_mi.pipeline import load_tasks, localize_tasks, logical_circuits
 
+    _resolve_budget(args)
     config = _pipeline_config(args)
+    check_device(args.device)
+    if args.out:
+        check_output_location(args.out)
     model = _load(args)
     logical = logical_circuits(model, load_tasks(model, config), config)
     loc = localize_tasks(model, logical, config)
@@ -84,10 +136,7 @@ def cmd_localize(args: argparse.Namespace) -> None:
 def _run_config(args: argparse.Namespace):
     from clue_mi.experiment import RunConfig
 
-    if args.quick:
-        # A smoke run: few prompts, a cheap attribution, one short epoch per stage.
-        args.n, args.n_eval, args.steps = min(args.n, 8), min(args.n_eval, 8), min(args.steps, 2)
-        args.epochs = (1, 1)
+    _resolve_budget(args)
     return RunConfig(
         pipeline=_pipeline_config(args),
         model=args.model,
@@ -111,6 +160,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out folder")
     cfg = _run_config(args)
+    check_output_location(out)
     p = cfg.pipeline
     model = _load(args)
     task_data = load_tasks(model, p)
@@ -140,9 +190,16 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from clue_mi.experiment import run_experiment
 
-    cfg = _run_config(args)
-    out = args.resume or args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")
-    run_experiment(cfg, out, resume=bool(args.resume))
+    if args.resume is None:
+        out = args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")
+        run_experiment(_run_config(args), out)
+        return
+    if args.out is not None and Path(args.out) != Path(args.resume):
+        raise ValueError("give --out for a new run or --resume DIR for an unfinished one, not both")
+    # --resume alone runs the recorded configuration; other options must repeat it exactly.
+    defaults = vars(build_parser().parse_args(["run"]))
+    given = [k for k, v in vars(args).items() if k not in ("resume", "out") and v != defaults[k]]
+    run_experiment(_run_config(args) if given else None, args.resume, resume=True)
 
 
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
@@ -150,22 +207,40 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--loss", default="po", choices=["po", "ga", "npo"], help="forget loss")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (%(default)s)")
-    p.add_argument("--epochs", type=int, nargs=2, default=(1, 5), metavar=("STAGE1", "STAGE2"))
+    p.add_argument(
+        "--epochs",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("STAGE1", "STAGE2"),
+        help="epochs of stage 1 (forget mask) and stage 2 (conflict mask); default 1 5, "
+        "with --quick 1 1",
+    )
     p.add_argument("--lam", type=float, default=1.0, help="weight of the retain loss (stage 2)")
     p.add_argument("--train-batch-size", type=int, default=8)
     p.add_argument("--methods", type=_csv, default=METHODS, help="comma-separated (%(default)s)")
-    p.add_argument("--quick", action="store_true", help="small smoke run (numbers not meaningful)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small smoke run (numbers not meaningful): 8 + 8 prompts, 2 EAP-IG steps, "
+        "sparsity 0.5, 1 + 1 epochs, 20 GU documents per task; options given explicitly win",
+    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, a path, or hub id")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--n", type=int, default=32, help="attribution prompts per task")
-    p.add_argument("--n-eval", type=int, default=32, help="held-out prompts per task")
+    p.add_argument("--n", type=int, default=None, help="attribution prompts per task (32)")
+    p.add_argument("--n-eval", type=int, default=None, help="held-out prompts per task (32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="eap", choices=["eap", "eap-ig", "exact"])
-    p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps")
-    p.add_argument("--sparsity", type=float, default=0.95)
+    p.add_argument("--steps", type=int, default=None, help="EAP-IG interpolation steps (5)")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="fraction of edges left out of a circuit, in [0, 1) (0.95; --quick: 0.5)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
 
 
@@ -188,7 +263,7 @@ def _add_sets_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clue-mi", description="CLUE: conflict-guided localization for LLM unlearning"
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         func(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"clue-mi {args.command}: error: {message}", file=sys.stderr)
+        line = " ".join(str(message).split("\n"))  # one line, whatever raised it
+        print(f"clue-mi {args.command}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,6 +4,7 @@ A run folder holds everything the run made::
 
     run/
       config.json                 what was run
+      environment.json            what the numbers depend on beyond the seed (torch, CPU...)
       circuits/{task}.json        gate-typed logical circuit of every task
       localization.json           forget / conflict / retain / safe (+ explanations)
       masks.safetensors           CLUE's forget and conflict masks
@@ -12,30 +13,43 @@ A run folder holds everything the run made::
       model/                      the CLUE-unlearned model as a standard HF checkpoint
       report.md, *.png            the report
 
-An interrupted run is resumed with ``resume=True`` (``clue-mi run --resume DIR``): methods with a
-results file are not run again, and circuits come from the circuit cache. A finished run folder
-(one with ``report.md``) is never written to.
+The folder appears whole once its setup (config, circuits, localization, masks) is computed, so
+bad input never leaves one behind (:mod:`clue_mi.rundir`). An interrupted run is resumed with
+``resume=True`` (``clue-mi run --resume DIR``): it runs with its recorded ``config.json`` and
+setup, and methods with a results file are not run again. A run stopped by an exception holds a
+``FAILED`` file until it is resumed. A finished run folder (one with ``report.md``) is never
+written to.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import networkx as nx
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from clue_mi import masks as mask_lib
+from clue_mi import rundir
 from clue_mi.evaluate import evaluate_model
-from clue_mi.graph import save_circuit
+from clue_mi.graph import load_circuit, save_circuit
+from clue_mi.localization import Localization
 from clue_mi.models import hf_parameters, load_model
-from clue_mi.pipeline import PipelineConfig, load_tasks, localize_tasks, logical_circuits
+from clue_mi.options import OptionError, check_device, check_float, check_int, check_unique
+from clue_mi.pipeline import (
+    EmptyCircuitError,
+    PipelineConfig,
+    load_tasks,
+    localize_tasks,
+    logical_circuits,
+)
 from clue_mi.tasks import Task
 from clue_mi.unlearn import (
     LossName,
@@ -47,14 +61,16 @@ from clue_mi.unlearn import (
     unlearn_baseline,
 )
 
-# CLUE first (its mask sizes the random and WAGLE baselines), then the baselines of DESIGN §8.
+# CLUE first (its mask sizes the random and saliency baselines), then the baselines of DESIGN §8.
 METHODS = ("clue", "full", "wagle", "random", "entangled")
 EXPLAINED = 3  # conflict nodes whose explanation the report shows
 METHOD_LABELS = {
     "original": "Original model",
     "clue": "CLUE (forget + conflict mask)",
     "full": "{loss} on all weights",
-    "wagle": "WAGLE-style mask (same size)",
+    # Not WAGLE: WAGLE's score adds a retain-gradient term (Jia et al., 2024); this row ranks
+    # weights by the forget-loss saliency alone, and is named for what it is (issue #16).
+    "wagle": "Forget-saliency mask |w·∇ℓ_f| (same size)",
     "random": "Random mask (same size)",
     "entangled": "Forget-circuit nodes (entangled)",
 }
@@ -84,44 +100,165 @@ class RunConfig:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if self.loss not in ("ga", "npo", "po"):
             raise ValueError(f"unknown loss {self.loss!r}; choose ga, npo or po")
+        self.methods = tuple(self.methods)
+        if not self.methods:
+            raise OptionError("methods (--methods) must name at least one method")
+        check_unique(self.methods, "methods", "--methods")
+        self.lr = check_float(self.lr, "lr", "--lr", "> 0", lambda x: x > 0)
+        self.epochs = self._checked_epochs(self.epochs)
+        self.lam = check_float(self.lam, "lam", "--lam", ">= 0", lambda x: x >= 0)
+        check_int(self.batch_size, "batch_size", 1, "--train-batch-size")
+        check_device(self.device)
+
+    @staticmethod
+    def _checked_epochs(epochs: Any) -> tuple[int, int]:
+        """Two epoch counts >= 0 (stage 1, stage 2), at least one epoch in all: with none, no
+        method trains and every row of the table would be the original model."""
+        message = (
+            "epochs (--epochs STAGE1 STAGE2) must be two integers >= 0 with at least one "
+            f"epoch in all, got {epochs!r}"
+        )
+        try:
+            first, second = epochs
+        except (TypeError, ValueError):
+            raise OptionError(message) from None
+        for value in (first, second):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(message)
+        if first + second < 1:
+            raise OptionError(message)
+        return (first, second)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["pipeline"] = self.pipeline.to_dict()
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The inverse of :meth:`to_dict` (JSON lists become tuples again); validates."""
+        data = dict(data)
+        pipeline = dict(data.pop("pipeline", {}))
+        if "retain" in pipeline:
+            pipeline["retain"] = tuple(pipeline["retain"])
+        if pipeline and "semantics" not in pipeline:
+            pipeline["semantics"] = "output"  # recorded before per-gate semantics existed
+        for key in ("methods", "epochs", "gu_tasks"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(pipeline=PipelineConfig(**pipeline), **data)
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: a half-written results file would be trusted on resume."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+
+_write_json = rundir.write_json
 
 
-def check_run_dir(out: str | Path, resume: bool) -> Path:
-    """Refuse an existing folder unless resuming an unfinished run (nothing is created yet)."""
-    out = Path(out)
-    if out.exists():
-        if not resume:
-            raise FileExistsError(
-                f"run folder {out} already exists; choose a new --out, or --resume {out} to "
-                "finish an interrupted run"
+@dataclass
+class RunSetup:
+    """What every method of a run starts from: logical circuits, localization, CLUE's masks."""
+
+    logical: dict[str, nx.DiGraph]
+    localization: Localization
+    masks: dict[str, dict[str, Tensor]]
+
+    def forget_nodes(self, forget: str) -> list[str]:
+        return sorted(n for n in self.logical[forget].nodes if n not in ("input", "logits"))
+
+
+def make_setup(model, task_data: dict[str, Task], p: PipelineConfig) -> RunSetup:
+    """Circuits (cached), localization and masks; raises (e.g. ``EmptyCircuitError``) before
+    any run folder exists."""
+    logical = logical_circuits(model, task_data, p)
+    loc = localize_tasks(model, logical, p)
+    for node in sorted(loc.conflict)[:EXPLAINED]:
+        loc.explain(node)  # explanations need the formula, which is not saved: make them now
+    masks = {
+        "forget": mask_lib.forget_mask(model, loc.forget),
+        "conflict": mask_lib.conflict_mask(model, loc.conflict),
+    }
+    return RunSetup(logical, loc, masks)
+
+
+def write_setup(folder: Path, cfg: RunConfig, setup: RunSetup) -> None:
+    """The files a run starts with (into the hidden folder that becomes the run folder)."""
+    (folder / "circuits").mkdir()
+    (folder / "results").mkdir()
+    rundir.write_json(folder / "config.json", cfg.to_dict())
+    rundir.record_environment(folder, print, cfg.device)
+    for name, circuit in setup.logical.items():
+        save_circuit(circuit, folder / "circuits" / f"{name}.json")
+    setup.localization.save(folder / "localization.json")
+    mask_lib.save_masks(folder / "masks.safetensors", setup.masks)
+
+
+def load_setup(out: Path, model, p: PipelineConfig) -> RunSetup:
+    """The setup a run folder recorded, exactly; a damaged file is a ``RunFolderError``."""
+    logical = {}
+    for name in p.task_names:
+        path = out / "circuits" / f"{name}.json"
+        logical[name] = _load_recorded(partial(load_circuit, path), path)
+    path = out / "localization.json"
+    loc = _load_recorded(lambda: Localization.load(path), path)
+    path = out / "masks.safetensors"
+    masks = _load_recorded(lambda: mask_lib.load_masks(path, model), path)
+    if set(masks) != {"forget", "conflict"}:
+        raise rundir.RunFolderError(f"{path} does not hold the forget and conflict masks")
+    return RunSetup(logical, loc, masks)
+
+
+def _load_recorded(load: Callable[[], Any], path: Path) -> Any:
+    try:
+        return load()
+    except FileNotFoundError:
+        raise rundir.RunFolderError(
+            f"{path} is missing; this run cannot be resumed, start a new one"
+        ) from None
+    except Exception as err:  # any parse error: JSON, safetensors header, missing keys
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise rundir.RunFolderError(
+            f"{path} is damaged ({first}); the finished methods of this run were computed "
+            "from it, so it is not recomputed: start a new run"
+        ) from None
+
+
+def resumed_config(out: Path, recorded: dict[str, Any], given: RunConfig | None) -> RunConfig:
+    """The run's own configuration; ``given`` (if any) must equal it, so runs never mix."""
+    try:
+        cfg = RunConfig.from_dict(recorded)
+    except (TypeError, ValueError) as err:
+        raise rundir.RunFolderError(
+            f"{out / 'config.json'} is not a configuration this version can run ({err})"
+        ) from None
+    if given is not None:
+        diff = rundir.config_differences(cfg.to_dict(), given.to_dict())
+        if diff:
+            raise OptionError(
+                f"cannot resume {out} with other options ({'; '.join(diff[:3])}"
+                f"{'; ...' if len(diff) > 3 else ''}); give only --resume {out}"
             )
-        if (out / "report.md").exists():
-            raise FileExistsError(f"run folder {out} holds a finished run; it is not rewritten")
-    elif resume:
-        raise FileNotFoundError(f"cannot resume {out}: no such run folder")
-    return out
+    return cfg
 
 
-def create_run_dir(out: Path) -> Path:
-    (out / "circuits").mkdir(parents=True, exist_ok=True)
-    (out / "results").mkdir(exist_ok=True)
-    return out
+def read_result(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A finished method's results, or ``None`` (with a note) if the file is damaged: that
+    method then runs again, from the recorded setup and seed."""
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+        if isinstance(row, dict) and "method" in row:
+            return row
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    log(f"warning: {path} is damaged; running {path.stem} again")
+    return None
 
 
 class WeightSnapshot:
-    """A copy of every HF weight, to start each method from the original model."""
+    """A copy of every HF weight, to start each method from the original model.
+
+    ``restore`` writes with ``param.copy_`` (an in-place torch op, never ``param.data``), so
+    every parameter's ``_version`` moves and the circuit cache sees the restored weights.
+    """
 
     def __init__(self, model) -> None:
         self.params = hf_parameters(model.original_model)
@@ -189,45 +326,71 @@ def run_method(
         "unlearned_ratio": mask_lib.unlearned_ratio(model, *used),
         "mask_elements": sum(mask_lib.mask_size(m) for m in used),
         "final_loss": result.losses()[-1] if result.history else None,
+        # Optimizer steps: equal across methods (an empty CLUE stage gives its epochs to the
+        # other stage; ``notes`` says so); the report flags any row that differs.
         "steps": sum(result.steps.values()),
+        "epochs": list(result.epochs),
+        "notes": list(result.notes),
         "train_seconds": time.perf_counter() - start,
     }
 
 
 def run_experiment(
-    cfg: RunConfig, out: str | Path, resume: bool = False, log: Callable[[str], None] = print
+    cfg: RunConfig | None,
+    out: str | Path,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
 ) -> Path:
-    """Run the whole CLUE experiment and write the run folder (see the module docstring)."""
+    """Run the whole CLUE experiment and write the run folder (see the module docstring).
+
+    With ``resume=True``, ``out`` is an unfinished run and ``cfg`` may be ``None`` (the run's
+    ``config.json`` is used); a ``cfg`` that differs from it is refused.
+    """
     from clue_mi.report import write_report
 
     started = time.perf_counter()
-    out = check_run_dir(out, resume)
-    # Load first: a bad model or task must fail before the run folder exists.
+    out = Path(out)
+    if resume:
+        cfg = resumed_config(out, rundir.check_resumable(out), cfg)
+    elif cfg is None:
+        raise TypeError("run_experiment needs a RunConfig unless resume=True")
+    else:
+        rundir.check_new(out)
+    # Everything that can fail on bad input (model, tasks, empty circuits, localization)
+    # happens before the run folder exists; the folder then appears whole (rundir.creating).
     model = load_model(cfg.model, device=cfg.device)
     p = cfg.pipeline
     task_data = load_tasks(model, p)
-    create_run_dir(out)
-    _write_json(out / "config.json", cfg.to_dict())
     log(f"model {model.cfg.model_name}; forget {p.forget}; retain {', '.join(p.retain)}")
+    if resume:
+        setup = load_setup(out, model, p)
+        rundir.record_environment(out, log, cfg.device)
+    else:
+        setup = make_setup(model, task_data, p)
+        with rundir.creating(out) as folder:
+            write_setup(folder, cfg, setup)
+    log(setup.localization.summary())
+    with rundir.failure_marked(out):
+        _run_methods(cfg, out, model, task_data, setup, log)
+        seconds = time.perf_counter() - started
+        report = write_report(out, cfg, seconds=seconds)
+    log(f"report: {report}")
+    return out
 
-    logical = logical_circuits(model, task_data, p)
-    for name, circuit in logical.items():
-        path = out / "circuits" / f"{name}.json"
-        if not path.exists():
-            save_circuit(circuit, path)
-    loc = localize_tasks(model, logical, p)
-    for node in sorted(loc.conflict)[:EXPLAINED]:
-        loc.explain(node)  # explanations need the formula, which is not saved: make them now
-    loc.save(out / "localization.json")
-    log(loc.summary())
-    forget_nodes = sorted(n for n in logical[p.forget].nodes if n not in ("input", "logits"))
-    clue_masks = {
-        "forget": mask_lib.forget_mask(model, loc.forget),
-        "conflict": mask_lib.conflict_mask(model, loc.conflict),
-    }
-    if not (out / "masks.safetensors").exists():
-        mask_lib.save_masks(out / "masks.safetensors", clue_masks)
 
+def _run_methods(
+    cfg: RunConfig,
+    out: Path,
+    model,
+    task_data: dict[str, Task],
+    setup: RunSetup,
+    log: Callable[[str], None],
+) -> None:
+    """The original model and every method, each from the original weights; a method whose
+    results file exists (from an interrupted attempt) is not run again."""
+    p = cfg.pipeline
+    forget_nodes = setup.forget_nodes(p.forget)
+    clue_masks = setup.masks
     gu_tasks = list(cfg.gu_tasks) if cfg.gu_tasks is not None else None
 
     def evaluate() -> dict[str, Any]:
@@ -243,7 +406,7 @@ def run_experiment(
     todo = ["original", *cfg.methods]
     for method in tqdm(todo, desc="methods"):
         path = out / "results" / f"{method}.json"
-        if path.exists():
+        if read_result(path, log) is not None:
             continue  # finished in an earlier, interrupted attempt
         snapshot.restore()
         row: dict[str, Any] = {"method": method}
@@ -256,12 +419,20 @@ def run_experiment(
             if not (out / "model").exists():
                 export_hf(model, out / "model")
             if cfg.relocalize and not (out / "localization_after.json").exists():
-                after = localize_tasks(model, logical_circuits(model, task_data, p), p)
-                after.save(out / "localization_after.json")
+                _relocalize(model, task_data, p, out, log)
         _write_json(path, row)
         log(f"{method}: FE {row['fe']:.3f}  RU {row['ru_mean']:.3f}  GU {row['gu']}")
     snapshot.restore()
-    seconds = time.perf_counter() - started
-    report = write_report(out, cfg, seconds=seconds)
-    log(f"report: {report}")
-    return out
+
+
+def _relocalize(
+    model, task_data: dict[str, Task], p: PipelineConfig, out: Path, log: Callable[[str], None]
+) -> None:
+    """Paper Table 3: localize again on the unlearned model. Optional: if a circuit of the
+    unlearned model keeps no path to the logits, the report says "not re-localized"."""
+    try:
+        after = localize_tasks(model, logical_circuits(model, task_data, p), p)
+    except EmptyCircuitError as err:
+        log(f"not re-localized after CLUE: {err}")
+        return
+    after.save(out / "localization_after.json")

@@ -117,6 +117,28 @@ def _semantics_text(semantics: str) -> str:
     )
 
 
+def environment_lines(run: Path) -> list[str]:
+    """What the table depends on beyond the seed (``environment.json``), and the limits of
+    reproducing it (README, "Reproducibility")."""
+    from clue_mi.rundir import ENVIRONMENT, environment_line
+
+    path = run / ENVIRONMENT
+    if not path.exists():
+        return []
+    env = json.loads(path.read_text())
+    lines = ["", "## Environment", "", f"Created under: {environment_line(env['created'])}."]
+    others = [e for e in env.get("resumed", []) if e != env["created"]]
+    for other in others:
+        lines += ["", f"**Resumed under a different environment:** {environment_line(other)}."]
+    lines += [
+        "",
+        "The same seed and options reproduce this table byte for byte in this environment; on "
+        "another CPU, torch build or thread count, float differences can flip near-ties "
+        "(a prompt's accuracy, an AUC rank) and training amplifies them.",
+    ]
+    return lines
+
+
 def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
     """Write ``report.md`` and its figures into the run folder ``run``."""
     from clue_mi.localization import Localization
@@ -169,6 +191,7 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         if node in before.explanations:
             why = before.explain(node)
             text += ["", f"### Why `{node}` is a conflict node", "", "```", why, "```"]
+    text += environment_lines(run)
     if seconds is not None:
         text += ["", f"Wall time: {seconds / 60:.1f} min."]
     path = run / "report.md"
