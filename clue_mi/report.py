@@ -34,17 +34,36 @@ def method_label(method: str, loss: str) -> str:
 
 
 def results_table(rows: list[dict[str, Any]], retain: list[str], loss: str) -> str:
-    """Table 1: method × unlearned-parameter %, FE, RU per retain set, GU, MIA, Rouge-L."""
-    head = ["Method", "Unlearned %", "FE ↑"] + [f"RU {t} ↑" for t in retain]
-    head += ["GU ↑", "MIA AUC", "1 − Rouge-L ↑"]
+    """Table 1: method × unlearned-parameter %, steps, FE (trained and held-out phrasings), RU
+    per retain set, GU, MIA, Rouge-L. A row whose model gave non-finite logits is marked."""
+    head = ["Method", "Unlearned %", "Steps", "FE ↑", "FE held-out phrasings ↑"]
+    head += [f"RU {t} ↑" for t in retain] + ["GU ↑", "MIA AUC", "1 − Rouge-L ↑"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [method_label(r["method"], loss), f"{100 * r['unlearned_ratio']:.2f}"]
-        cells.append(_pct(r["fe"]))
+        label = method_label(r["method"], loss)
+        if r.get("finite") is False:
+            label += " ⚠ broken (non-finite logits)"
+        cells = [label, f"{100 * r['unlearned_ratio']:.2f}", str(r.get("steps", 0))]
+        cells += [_pct(r["fe"]), _pct(r.get("fe_phrasings"))]
         cells += [_pct(r["ru"].get(t)) for t in retain]
         cells += [_pct(r.get("gu")), f"{r['mia_auc']:.3f}", _pct(r["one_minus_rouge_l"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def step_budget_note(rows: list[dict[str, Any]]) -> str:
+    """Whether every unlearning row trained the same number of optimizer steps, and why not."""
+    trained = [r for r in rows if r["method"] != "original"]
+    steps = {r.get("steps", 0) for r in trained}
+    notes = [f"{r['method']}: {n}" for r in trained for n in r.get("notes", [])]
+    if not trained:
+        return ""
+    if len(steps) == 1:
+        text = f"Every method trained {steps.pop()} optimizer steps (equal step budget)."
+    else:
+        per = ", ".join(f"{r['method']} {r.get('steps', 0)}" for r in trained)
+        text = f"**Unequal step budgets** ({per}): these rows are not comparable."
+    return text + ("" if not notes else " " + "; ".join(notes) + ".")
 
 
 def category_table(before: dict, after: dict | None) -> str:
@@ -167,8 +186,13 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         "",
         results_table(rows, retain, cfg.loss),
         "",
-        "FE = 1 − accuracy on the forget task's held-out prompts; RU = accuracy on each retain "
-        "task's held-out prompts; GU = mean accuracy over the lm-evaluation-harness tasks. "
+        step_budget_note(rows),
+        "",
+        "FE = 1 − accuracy on the forget task's held-out prompts; FE held-out phrasings = the same "
+        "facts asked in templates that training never used (– where the forget task has none); "
+        "RU = accuracy on each retain task's held-out prompts; GU = mean accuracy over the "
+        "lm-evaluation-harness tasks. Accuracies fail closed: a non-finite or tied top choice "
+        "is wrong, and the correct choice sits at a seeded random position. "
         "All in %. MIA: ROC-AUC of Min-20% Prob scores, forget text = members (label 1) against "
         "held-out text (label 0); 0.5 means the forget text looks unseen, above 0.5 that it still "
         "looks memorized. Rouge-L: recall of greedy continuations against the forget answers.",

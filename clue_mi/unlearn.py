@@ -8,7 +8,8 @@
   holds exactly the masked elements and which writes nothing else: every element outside the
   active mask stays bit-identical.
 * ``unlearn_baseline`` + ``baseline_mask``: one stage, same step budget, on all weights, a
-  WAGLE-style weight-attribution mask, a random mask, or the union of a node set.
+  forget-saliency weight-attribution mask (``|w * dL_forget/dw|``, the forget-side term of
+  WAGLE's score only; kept under the key ``"wagle"``), a random mask, or the union of a node set.
 * ``export_hf``: a standard HF checkpoint of the edited weights.
 
 Training runs through a plain HF model that *shares* the parameter tensors of
@@ -684,8 +685,12 @@ def wagle_scores(
 
     The gradient is that of the forget loss averaged over the whole forget set (for NPO at
     ``theta = theta_ref`` its gradient is proportional to GA's, so GA's is used). This is the
-    first-order core of WAGLE (Jia et al., 2024): the estimated change of the forget loss when a
-    weight is zeroed; the retain-side Hessian correction of the full WAGLE score is omitted.
+    first-order saliency of the forget loss: the estimated change of the forget loss when a
+    weight is zeroed. It is *not* the WAGLE score (Jia et al., 2024), which attributes a weight
+    by its influence on the *retain* loss after an unlearning step (first order, as we read the
+    paper: ``w * grad_r - (1/gamma) * grad_f * grad_r``, with gamma a Hessian-diagonal constant).
+    The retain term and gamma are not implemented; the report names this row "forget-saliency
+    mask" for that reason (the method key stays ``"wagle"`` for compatibility).
     """
     s = _prepare(
         model,
@@ -746,7 +751,8 @@ def baseline_mask(
 
     * ``"all"``: every parameter (full fine-tuning);
     * ``"random"``: ``size`` uniformly random elements of the attention / MLP matrices;
-    * ``"wagle"``: the ``size`` elements of largest ``|w * grad of the forget loss|`` (needs
+    * ``"wagle"``: the ``size`` elements of largest ``|w * grad of the forget loss|``, the
+      forget-saliency mask (not the full WAGLE score, see ``wagle_scores``; needs
       ``forget`` and ``loss``);
     * ``"nodes"``: every element owned by ``nodes`` (pass the union of the forget circuit's
       nodes for the "entangled" localization).

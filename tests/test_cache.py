@@ -183,3 +183,25 @@ def test_a_data_write_that_skips_the_version_is_still_seen(tiny, task):
     finally:
         param.data.copy_(saved)
     assert model_fingerprint(tiny) == before
+
+
+def test_restore_and_export_keep_the_fingerprint_honest(tiny, task, tmp_path):
+    """Every path that writes (or only reads) weights: restore moves back, export moves nothing."""
+    from clue_mi.experiment import WeightSnapshot
+    from clue_mi.masks import get_parameter
+    from clue_mi.unlearn import MaskedAdamW, export_hf
+
+    snapshot = WeightSnapshot(tiny)
+    before = model_fingerprint(tiny)
+    param = get_parameter(tiny, "model.layers.1.mlp.down_proj.weight")
+    opt = MaskedAdamW([(param, torch.ones_like(param, dtype=torch.bool))], lr=0.1)
+    param.grad = torch.ones_like(param)
+    opt.step()
+    opt.zero_grad()
+    try:
+        assert model_fingerprint(tiny) != before
+    finally:
+        snapshot.restore()
+    assert model_fingerprint(tiny) == before == weights_fingerprint(tiny)
+    export_hf(tiny, tmp_path / "model", tokenizer=tiny.tokenizer)
+    assert model_fingerprint(tiny) == before

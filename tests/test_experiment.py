@@ -48,6 +48,31 @@ def test_results_are_consistent(quick_run):
     assert rows["random"]["mask_elements"] == rows["clue"]["mask_elements"] > 0
     report = (quick_run / "report.md").read_text()
     assert "| CLUE (forget + conflict mask) |" in report and "RU gender" in report
+    # Equal step budgets and held-out-phrasing FE in every row (#16).
+    assert rows["clue"]["steps"] == rows["random"]["steps"] > 0
+    for row in rows.values():
+        assert row["finite"] is True and 0.0 <= row["fe_phrasings"] <= 1.0
+    assert "FE held-out phrasings" in report and "equal step budget" in report
+
+
+def test_report_flags_unequal_steps_and_broken_models():
+    from clue_mi.report import results_table, step_budget_note
+
+    row = {"unlearned_ratio": 0.1, "fe": 1.0, "fe_phrasings": 0.5, "ru": {"ioi": 0.0}, "gu": 0.0,
+           "mia_auc": float("nan"), "one_minus_rouge_l": 1.0}  # fmt: skip
+    rows = [
+        {**row, "method": "clue", "steps": 48, "finite": False,
+         "notes": ["stage 2 mask is empty: its 5 epoch(s) go to stage 1"]},
+        {**row, "method": "random", "steps": 40},
+    ]  # fmt: skip
+    table = results_table(rows, ["ioi"], "po")
+    assert "broken (non-finite logits)" in table.splitlines()[2]
+    assert "| 48 | 100.0 | 50.0 |" in table
+    note = step_budget_note(rows)
+    assert "Unequal step budgets" in note and "clue 48, random 40" in note
+    assert "stage 2 mask is empty" in note
+    rows[1]["steps"] = 48
+    assert step_budget_note(rows).startswith("Every method trained 48 optimizer steps")
 
 
 def test_masks_follow_the_localization(quick_run):
