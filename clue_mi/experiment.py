@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from clue_mi import masks as mask_lib
 from clue_mi import rundir
 from clue_mi.evaluate import evaluate_model
-from clue_mi.graph import load_circuit, save_circuit
+from clue_mi.graph import NonFiniteScoresError, load_circuit, save_circuit
 from clue_mi.localization import Localization
 from clue_mi.models import hf_parameters, load_model
 from clue_mi.options import OptionError, check_device, check_float, check_int, check_unique
@@ -232,8 +232,8 @@ def resumed_config(out: Path, recorded: dict[str, Any], given: RunConfig | None)
         diff = rundir.config_differences(cfg.to_dict(), given.to_dict())
         if diff:
             raise OptionError(
-                f"cannot resume {out} with other options ({'; '.join(diff[:3])}"
-                f"{'; ...' if len(diff) > 3 else ''}); give only --resume {out}"
+                f"cannot resume {out} with other options ({'; '.join(diff[:6])}"
+                f"{'; ...' if len(diff) > 6 else ''}); give only --resume {out}"
             )
     return cfg
 
@@ -432,7 +432,7 @@ def _relocalize(
     unlearned model keeps no path to the logits, the report says "not re-localized"."""
     try:
         after = localize_tasks(model, logical_circuits(model, task_data, p), p)
-    except EmptyCircuitError as err:
+    except (EmptyCircuitError, NonFiniteScoresError) as err:
         log(f"not re-localized after CLUE: {err}")
         return
     after.save(out / "localization_after.json")

@@ -36,6 +36,7 @@ __all__ = [
     "ComputationGraph",
     "HookSlot",
     "NodeInfo",
+    "NonFiniteScoresError",
     "circuit_from_json",
     "circuit_to_json",
     "expected_edge_count",
@@ -402,6 +403,10 @@ def prune(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
         kept = new
 
 
+class NonFiniteScoresError(ValueError):
+    """Attribution scores with NaN or inf: the model is broken, no circuit can be chosen."""
+
+
 def select_circuit(
     graph: ComputationGraph,
     scores: Float[Tensor, " n_edges"],
@@ -428,8 +433,14 @@ def select_circuit(
             raise ValueError(f"top_n must be >= 0, got {top_n}")
         k = min(top_n, graph.n_edges)
     scores = scores.detach().cpu()
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+    if not torch.isfinite(scores).all():
+        # Fail closed: sort puts NaN (and inf) first, so a diverged model would get a "circuit"
+        # of arbitrary edges.
+        bad = int((~torch.isfinite(scores)).sum())
+        raise NonFiniteScoresError(
+            f"scores contain NaN or inf ({bad} of {scores.numel()} edges): the model's "
+            "activations or gradients are not finite, so no circuit can be selected"
+        )
     order = torch.sort(scores.abs().double(), descending=True, stable=True).indices[:k]
     chosen = {graph.edges[i] for i in order.tolist()}
     kept = prune(chosen)

@@ -155,3 +155,19 @@ def test_discover_sees_one_masked_step(model, task_sets):
     assert again.graph["cache_key"] != first.graph["cache_key"]
     scores = lambda c: dict(((u, v), s) for u, v, s in c.edges(data="score"))  # noqa: E731
     assert scores(again) != scores(first)
+
+
+def test_a_broken_model_gets_no_circuit(model, task_sets):
+    """Sorting puts NaN first: a diverged model must not get a circuit of arbitrary edges."""
+    from clue_mi.attribution import find_circuit
+    from clue_mi.graph import NonFiniteScoresError, graph_for, select_circuit
+
+    with torch.no_grad():
+        M.get_parameter(model, "model.layers.1.mlp.down_proj.weight").fill_(float("nan"))
+    with pytest.raises(NonFiniteScoresError, match="NaN or inf"):
+        find_circuit(model, task_sets["ioi"], "noising", "eap", sparsity=0.9)
+    graph = graph_for(model)
+    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
+    scores[0] = float("inf")
+    with pytest.raises(NonFiniteScoresError):
+        select_circuit(graph, scores, sparsity=0.9)
