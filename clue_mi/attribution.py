@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,6 +57,7 @@ __all__ = [
     "DIRECTIONS",
     "METHODS",
     "attribute",
+    "attribute_both",
     "circuit_run",
     "faithfulness",
     "find_circuit",
@@ -255,6 +257,76 @@ def _eap_batch(
     return torch.einsum("bpsd,bprd->sr", diff, grads)
 
 
+def _joint_eap_batch(
+    model,
+    graph: ComputationGraph,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    choices: Tensor,
+    good: Tensor,
+    n_total: int,
+    steps: int,
+) -> dict[str, Float[Tensor, "n_senders n_receivers"]]:
+    """:func:`_eap_batch` of both directions at once, sharing the clean and corrupted passes.
+
+    Noising's ``other`` run (no gradient) is the corrupted run and denoising's is the clean run;
+    both are also the ``k = 0`` step of the other direction. So each is run once, with the
+    gradient on, and serves as both. EAP: 2 forwards + 2 backwards instead of 4 + 2. Every
+    buffer is filled with the same operations in the same order as in :func:`_eap_batch`, so
+    the scores are the same (``tests/test_score_cache.py`` checks equality).
+    """
+    b, p = clean.shape
+    dev = clean.device
+    diff = torch.zeros(b, p, graph.n_senders, graph.d_model, device=dev)  # a(x~) - a(x)
+    grads = {d: torch.zeros(b, p, graph.n_receivers, graph.d_model, device=dev) for d in DIRECTIONS}
+    embeds: dict[str, Tensor] = {}
+    runs = {"noising": (clean, corrupted, -1.0), "denoising": (corrupted, clean, +1.0)}
+
+    def receiver_hook(direction: str) -> ReceiverFn:
+        buf = grads[direction]
+
+        def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
+            act = act.clone()  # as in _eap_batch: this receiver's input alone
+            act.register_hook(
+                lambda g, s=slot: buf[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
+            )
+            return act
+
+        return on_receiver
+
+    def step(direction: str, k: int) -> None:
+        start, _, sign = runs[direction]
+        other_dir = "denoising" if direction == "noising" else "noising"
+        alpha = k / steps
+
+        def interpolate(e: Tensor) -> Tensor:
+            if k == 0:
+                embeds[direction] = e.detach()
+            e_start, e_other = embeds[direction], embeds[other_dir]
+            return (e_start + alpha * (e_other - e_start)).detach().requires_grad_(True)
+
+        def keep_start(e: Tensor) -> Tensor:  # k = 0: the other embedding is not known yet
+            embeds[direction] = e.detach()
+            return e.detach().requires_grad_(True)
+
+        record = _record_senders(diff, sign) if k == 0 else None
+        embed = keep_start if k == 0 else interpolate
+        logits = _forward(
+            model, graph, start, record, receiver_hook(direction), embed=embed, last_only=True
+        )
+        (_metric_sum(logits, choices, good) / n_total).backward()
+
+    for direction in DIRECTIONS:
+        step(direction, 0)
+    for direction in DIRECTIONS:
+        for k in range(1, steps):
+            step(direction, k)
+    return {
+        "noising": torch.einsum("bpsd,bprd->sr", diff, grads["noising"]),
+        "denoising": torch.einsum("bpsd,bprd->sr", -diff, grads["denoising"]),
+    }
+
+
 def _pair_scores_to_edges(
     graph: ComputationGraph, pairs: Float[Tensor, "n_senders n_receivers"]
 ) -> Float[Tensor, " n_edges"]:
@@ -387,14 +459,74 @@ def attribute(
     return exact if method == "exact" else _pair_scores_to_edges(graph, pairs)
 
 
+def attribute_both(
+    model,
+    task_or_prompts: Task | PromptSet,
+    method: str = "eap-ig",
+    steps: int = 5,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> dict[str, Float[Tensor, " n_edges"]]:
+    """``{"noising": scores, "denoising": scores}``, each equal to what :func:`attribute` gives.
+
+    For ``"eap"`` and ``"eap-ig"`` the two directions share their clean and corrupted passes
+    (:func:`_joint_eap_batch`): EAP costs 2 forwards + 2 backwards per batch instead of 4 + 2.
+    ``"exact"`` has nothing to share and runs :func:`attribute` twice.
+    """
+    _check("noising", method, steps)
+    if method == "exact":
+        return {
+            d: attribute(model, task_or_prompts, d, method, steps, batch_size, progress)
+            for d in DIRECTIONS
+        }
+    graph = graph_for(model)
+    prompts = _prompts(task_or_prompts).to(_device(model))
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("no prompts to attribute")
+    batches = list(prompts.batches(batch_size))
+    pairs = {
+        d: torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64) for d in DIRECTIONS
+    }
+    k = 1 if method == "eap" else steps
+    with (
+        _frozen(model),
+        tqdm(total=len(batches), disable=not progress, desc=f"{method} both", unit="batch") as bar,
+    ):
+        for clean, corrupted, choices, good in batches:
+            batch = _joint_eap_batch(model, graph, clean, corrupted, choices, good, n, k)
+            for d in DIRECTIONS:
+                pairs[d] += batch[d].double().cpu()
+            bar.update(1)
+    return {d: _pair_scores_to_edges(graph, pairs[d]) for d in DIRECTIONS}
+
+
+@dataclass
+class _SlotPatch:
+    """How a circuit run rewrites one receiver slot's input (see :func:`_circuit_patch`).
+
+    ``from_corrupted`` False: ``act + Σ_{s in senders} delta_s · weights[s]`` (the excluded
+    edges); True: ``in(x̃) - Σ_{s in senders} delta_s · weights[s]`` (the kept edges), where
+    ``delta_s = a_s(x̃) - a_s(this run)``. Both equal ``act + Σ_{excluded} delta_s`` (a receiver's
+    input is the sum of its senders' outputs); the one with fewer senders is used.
+    """
+
+    slot: HookSlot
+    from_corrupted: bool
+    senders: Tensor  # sender indices with a nonzero weight into this slot
+    weights: Tensor  # [len(senders), slot.count] 0/1 float
+    corrupt: Tensor  # [slot.count] bool: whole input from the corrupted run
+
+
 def _circuit_patch(
     graph: ComputationGraph, keep: Bool[Tensor, " n_edges"], device: torch.device
-) -> tuple[Tensor, Tensor, list[HookSlot]]:
-    """What a circuit run must patch: excluded external edges as a ``[S, R]`` 0/1 matrix, the
-    receivers whose whole input comes from the corrupted run, and the slots to hook."""
+) -> list[_SlotPatch]:
+    """What a circuit run must patch, per receiver slot with an excluded edge or a corrupted
+    q/k/v input; slots with every edge kept are not hooked (they run as they are)."""
     excluded = graph.adjacency.clone()
     ext = ~graph.internal & keep
     excluded[graph.edge_sender[ext], graph.edge_receiver[ext]] = False
+    kept = graph.adjacency & ~excluded
     # A q/k/v input is corrupted when its internal edge is dropped; a KV group's k/v input is
     # shared by its heads, so it stays live while any head of the group keeps the edge.
     internal_kept = torch.zeros(graph.n_receivers, dtype=torch.bool)
@@ -402,41 +534,99 @@ def _circuit_patch(
     corrupt = torch.zeros(graph.n_receivers, dtype=torch.bool)
     corrupt[graph.edge_receiver[graph.internal]] = True
     corrupt &= ~internal_kept
-    slots = [
-        s
-        for s in graph.receiver_slots
-        if excluded[:, s.start : s.stop].any() or corrupt[s.start : s.stop].any()
-    ]
-    return excluded.float().to(device), corrupt.to(device), slots
+    out = []
+    for s in graph.receiver_slots:
+        ex, kp = excluded[:, s.start : s.stop], kept[:, s.start : s.stop]
+        if not ex.any() and not corrupt[s.start : s.stop].any():
+            continue
+        ex_senders, kp_senders = ex.any(1).nonzero()[:, 0], kp.any(1).nonzero()[:, 0]
+        use_kept = len(kp_senders) < len(ex_senders)
+        senders, weights = (kp_senders, kp) if use_kept else (ex_senders, ex)
+        out.append(
+            _SlotPatch(
+                s,
+                use_kept,
+                senders.to(device),
+                weights[senders].float().to(device),
+                corrupt[s.start : s.stop].to(device),
+            )
+        )
+    return out
+
+
+@dataclass
+class _Reference:
+    """The runs a circuit run is compared with, per batch: clean last-position logits, and the
+    corrupted run's sender outputs, receiver inputs and logits (last position)."""
+
+    clean_last: list[Tensor]
+    cor_senders: list[Tensor]
+    cor_receivers: list[Tensor]
+    cor_last: list[Tensor]
+
+
+# One entry: the circuits of a task (both directions, every sparsity) are measured on the same
+# prompts one after the other, so they share the clean and corrupted runs. Keyed by the weights
+# fingerprint (any weight change misses) and the exact tokens.
+_REFERENCE: dict[tuple, _Reference] = {}
+
+
+def _reference_runs(
+    model, graph: ComputationGraph, prompts: PromptSet, batch_size: int
+) -> _Reference:
+    """Clean and corrupted runs of ``prompts`` (memoized for the latest weights and prompts)."""
+    from clue_mi.cache import _prompt_digest, model_fingerprint
+
+    key = (id(model), model_fingerprint(model), _prompt_digest(prompts), batch_size)
+    if key in _REFERENCE:
+        return _REFERENCE[key]
+    _REFERENCE.clear()
+    ref = _Reference([], [], [], [])
+    for clean, corrupted, _, _ in prompts.to(_device(model)).batches(batch_size):
+        with torch.no_grad():
+            ref.clean_last.append(_forward(model, graph, clean, last_only=True)[:, -1])
+        s_cor, r_cor, _, cor_logits = _cache_run(model, graph, corrupted, last_only=True)
+        ref.cor_senders.append(s_cor)
+        ref.cor_receivers.append(r_cor)
+        ref.cor_last.append(cor_logits[:, -1])
+    _REFERENCE[key] = ref
+    return ref
 
 
 def _circuit_batch(
     model,
     graph: ComputationGraph,
     clean: Tensor,
-    corrupted: Tensor,
-    patch: tuple[Tensor, Tensor, list[HookSlot]],
-) -> tuple[Tensor, Tensor]:
-    """Circuit-run logits and corrupted-run logits of one batch."""
-    excluded, corrupt, slots = patch
-    s_cor, r_cor, _, cor_logits = _cache_run(model, graph, corrupted)
-    s_cur = torch.zeros_like(s_cor)
+    s_cor: Tensor,
+    r_cor: Tensor,
+    patch: list[_SlotPatch],
+    last_only: bool = False,
+) -> Tensor:
+    """Circuit-run logits of one batch, given the corrupted run's senders and receivers."""
+    delta = torch.zeros_like(s_cor)  # a_s(x~) - a_s(this run), filled as senders run
 
     def on_sender(slot: HookSlot, act: Tensor) -> None:
-        s_cur[:, :, slot.start : slot.stop] = act
+        delta[:, :, slot.start : slot.stop] = s_cor[:, :, slot.start : slot.stop] - act
+
+    by_slot = {p.slot: p for p in patch}
 
     def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
+        p = by_slot[slot]
         a, z = slot.start, slot.stop
-        # Only senders upstream of this slot are filled in yet; the others have weight 0 here.
-        upto = int(graph.adjacency[:, a:z].any(1).nonzero().max()) + 1
-        weights = excluded[:upto, a:z]
-        new = act + torch.einsum("bpsd,sn->bpnd", s_cor[:, :, :upto] - s_cur[:, :, :upto], weights)
-        mask = corrupt[a:z]
-        return torch.where(mask[None, None, :, None], r_cor[:, :, a:z], new)
+        terms = torch.einsum("bpsd,sn->bpnd", delta[:, :, p.senders], p.weights)
+        new = r_cor[:, :, a:z] - terms if p.from_corrupted else act + terms
+        return torch.where(p.corrupt[None, None, :, None], r_cor[:, :, a:z], new)
 
     with torch.no_grad():
-        logits = _forward(model, graph, clean, on_sender, on_receiver, receiver_slots=slots)
-    return logits, cor_logits
+        return _forward(
+            model,
+            graph,
+            clean,
+            on_sender,
+            on_receiver,
+            receiver_slots=[p.slot for p in patch],
+            last_only=last_only,
+        )
 
 
 def circuit_run(
@@ -451,7 +641,9 @@ def circuit_run(
     activation from the corrupted run: ``in_v += Σ_{(u,v)∉C} (a_u(x̃) - a_u(this run))``. A q
     input whose internal edge is outside C is the corrupted run's q input; a KV group's k (v)
     input is corrupted when no head of the group keeps its k (v) edge. With every edge kept this
-    is the clean run, with none kept the corrupted run.
+    is the clean run, with none kept the corrupted run. Where a receiver keeps fewer edges than
+    it excludes, its input is computed as ``in_v(x̃) - Σ_{(u,v)∈C} (a_u(x̃) - a_u(this run))``,
+    the same sum with fewer terms.
     """
     prompts = _prompts(prompts)
     graph = graph_for(model)
@@ -459,8 +651,8 @@ def circuit_run(
     patch = _circuit_patch(graph, graph.edge_mask(circuit), device)
     out = []
     for clean, corrupted, _, _ in prompts.to(device).batches(batch_size):
-        logits, _ = _circuit_batch(model, graph, clean, corrupted, patch)
-        out.append(logits.cpu())
+        s_cor, r_cor, _, _ = _cache_run(model, graph, corrupted)
+        out.append(_circuit_batch(model, graph, clean, s_cor, r_cor, patch).cpu())
     return torch.cat(out)
 
 
@@ -482,17 +674,23 @@ def faithfulness(
     Returns ``kl`` = mean over prompts of KL(p_model(·|x) ‖ p_circuit) (lower is better),
     ``kl_empty`` = the same for the empty circuit (the corrupted run), ``recovery`` =
     (M_circuit - M(x̃)) / (M(x) - M(x̃)) with M the mean metric, and the three metric values.
+
+    The clean and corrupted runs are shared by consecutive calls on the same prompts and
+    weights (both directions of a task, every sparsity of a sweep); only the final position is
+    unembedded.
     """
     prompts = _prompts(prompts)
     graph = graph_for(model)
     device = _device(model)
     patch = _circuit_patch(graph, graph.edge_mask(circuit), device)
+    ref = _reference_runs(model, graph, prompts, batch_size)
     kl = kl_empty = m_clean = m_cor = m_circ = 0.0
-    for clean, corrupted, choices, good in prompts.to(device).batches(batch_size):
-        with torch.no_grad():
-            clean_last = model(clean)[:, -1]
-        circ, cor = _circuit_batch(model, graph, clean, corrupted, patch)
-        circ_last, cor_last = circ[:, -1], cor[:, -1]
+    batches = prompts.to(device).batches(batch_size)
+    for i, (clean, _, choices, good) in enumerate(batches):
+        s_cor, r_cor = ref.cor_senders[i], ref.cor_receivers[i]
+        circ_last = _circuit_batch(model, graph, clean, s_cor, r_cor, patch, last_only=True)
+        circ_last = circ_last[:, -1]
+        clean_last, cor_last = ref.clean_last[i], ref.cor_last[i]
         kl += float(_kl(clean_last, circ_last).sum())
         kl_empty += float(_kl(clean_last, cor_last).sum())
         m_clean += float(logit_metric(clean_last, choices, good).sum())

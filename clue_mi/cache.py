@@ -247,8 +247,23 @@ def discover(
         if circuit is not None:
             circuit.graph["cache_hit"] = True
             return circuit
+    # Scores come from the score cache: another sparsity or the other direction of an
+    # earlier discovery costs no new attribution (clue_mi.score_cache).
+    from clue_mi.score_cache import attribution_scores
+
+    scores = attribution_scores(
+        model, task, direction, method, steps, batch_size, directory, recompute=recompute
+    )
     circuit = find_circuit(
-        model, task, direction, method, sparsity, top_n, steps=steps, batch_size=batch_size
+        model,
+        task,
+        direction,
+        method,
+        sparsity,
+        top_n,
+        steps=steps,
+        batch_size=batch_size,
+        scores=scores,
     )
     circuit.graph["cache_key"] = key
     _store(path, key, material, circuit)

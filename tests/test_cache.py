@@ -30,15 +30,16 @@ def task(tiny):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the attributions that really run."""
+    """Count the attributions that really run (EAP computes both directions in one call)."""
     counter = {"n": 0}
-    real = attribution.attribute
+    for name in ("attribute", "attribute_both"):
+        real = getattr(attribution, name)
 
-    def counting(*args, **kwargs):
-        counter["n"] += 1
-        return real(*args, **kwargs)
+        def counting(*args, _real=real, **kwargs):
+            counter["n"] += 1
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(attribution, "attribute", counting)
+        monkeypatch.setattr(attribution, name, counting)
     return counter
 
 
@@ -47,6 +48,7 @@ def _forbid_attribution(monkeypatch):
         raise AssertionError("the cache should have answered")
 
     monkeypatch.setattr(attribution, "attribute", fail)
+    monkeypatch.setattr(attribution, "attribute_both", fail)
 
 
 def test_cache_location_follows_the_environment(tiny, task, tmp_path):
@@ -76,7 +78,8 @@ def test_different_parameters_miss(tiny, task, calls):
     discover(tiny, task, **{**ARGS, "direction": "denoising"})
     other = tasks.get("ioi", tiny, n=8, n_eval=8, seed=1)
     discover(tiny, other, **ARGS)
-    assert calls["n"] == 4
+    # four circuits, but the scores of the first prompts (both directions) are computed once
+    assert calls["n"] == 2
     assert len(list(cache_dir().glob("*.json"))) == 4
     # the same key function also separates methods, EAP-IG steps and top_n
     paths = {
@@ -97,10 +100,11 @@ def test_truncated_file_is_recomputed(tiny, task, calls):
     path.write_text(text[: len(text) // 2])
     with pytest.warns(CacheWarning, match="invalid"):
         circuit = discover(tiny, task, **ARGS)
-    assert calls["n"] == 2 and circuit.graph["cache_hit"] is False
+    # the circuit is rebuilt from the (intact) cached scores: no new attribution
+    assert calls["n"] == 1 and circuit.graph["cache_hit"] is False
     assert path.read_text() == text  # overwritten with a valid entry again
     discover(tiny, task, **ARGS)
-    assert calls["n"] == 2
+    assert calls["n"] == 1
 
 
 def test_edited_file_with_valid_json_is_detected(tiny, task, calls):
@@ -112,7 +116,7 @@ def test_edited_file_with_valid_json_is_detected(tiny, task, calls):
     path.write_text(json.dumps(doc))
     with pytest.warns(CacheWarning, match="checksum"):
         again = discover(tiny, task, **ARGS)
-    assert calls["n"] == 2
+    assert calls["n"] == 1  # rebuilt from the cached scores
     assert (
         again.edges[edge["source"], edge["target"]]["score"]
         == (honest.edges[edge["source"], edge["target"]]["score"])
