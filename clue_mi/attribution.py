@@ -52,6 +52,7 @@ from clue_mi.graph import (
     select_circuit,
 )
 from clue_mi.tasks.base import PromptSet, Task, logit_metric
+from clue_mi.timing import stage
 
 __all__ = [
     "DIRECTIONS",
@@ -59,6 +60,7 @@ __all__ = [
     "attribute",
     "attribute_both",
     "circuit_run",
+    "clear_reference_runs",
     "faithfulness",
     "find_circuit",
 ]
@@ -571,6 +573,11 @@ class _Reference:
 _REFERENCE: dict[tuple, _Reference] = {}
 
 
+def clear_reference_runs() -> None:
+    """Free the clean/corrupted runs :func:`faithfulness` keeps for the next circuit."""
+    _REFERENCE.clear()
+
+
 def _reference_runs(
     model, graph: ComputationGraph, prompts: PromptSet, batch_size: int
 ) -> _Reference:
@@ -729,7 +736,8 @@ def find_circuit(
     graph = graph_for(model)
     prompts = _prompts(task)
     if scores is None:
-        scores = attribute(model, prompts, direction, method, steps, batch_size)
+        with stage("attribution"):
+            scores = attribute(model, prompts, direction, method, steps, batch_size)
     name = task.name if isinstance(task, Task) else None
     circuit = select_circuit(
         graph,
@@ -745,6 +753,7 @@ def find_circuit(
     )
     held_out = isinstance(task, Task) and len(task.eval) > 0
     target = task.eval if isinstance(task, Task) and held_out else prompts
-    circuit.graph["faithfulness"] = faithfulness(model, target, circuit, batch_size)
+    with stage("faithfulness"):
+        circuit.graph["faithfulness"] = faithfulness(model, target, circuit, batch_size)
     circuit.graph["faithfulness_split"] = "eval" if held_out else "prompts"
     return circuit

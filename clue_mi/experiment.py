@@ -11,6 +11,8 @@ A run folder holds everything the run made::
       results/{method}.json       metrics of every method (written as each one finishes)
       localization_after.json     re-localization on the CLUE-unlearned model (paper Table 3)
       model/                      the CLUE-unlearned model as a standard HF checkpoint
+      timings.json                seconds per stage (attribution, faithfulness, localization,
+                                  each method's mask / training / evaluation); not a result
       report.md, *.png            the report
 
 The folder appears whole once its setup (config, circuits, localization, masks) is computed, so
@@ -51,6 +53,7 @@ from clue_mi.pipeline import (
     logical_circuits,
 )
 from clue_mi.tasks import Task
+from clue_mi.timing import Timings, recording, stage
 from clue_mi.unlearn import (
     LossName,
     baseline_mask,
@@ -305,22 +308,31 @@ def run_method(
     common: dict[str, Any] = dict(loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size)
     start = time.perf_counter()
     if method == "clue":
-        result = unlearn(
-            model,
-            forget,
-            retain,
-            clue_masks["forget"],
-            clue_masks["conflict"],
-            epochs=cfg.epochs,
-            seed=cfg.pipeline.seed,
-            **common,
-        )
+        with stage("clue: training"):
+            result = unlearn(
+                model,
+                forget,
+                retain,
+                clue_masks["forget"],
+                clue_masks["conflict"],
+                epochs=cfg.epochs,
+                seed=cfg.pipeline.seed,
+                **common,
+            )
         used = [clue_masks["forget"], clue_masks["conflict"]]
     else:
-        mask = method_mask(method, model, clue_masks, forget_nodes, forget, cfg)
-        result = unlearn_baseline(
-            model, forget, retain, mask, epochs=sum(cfg.epochs), seed=cfg.pipeline.seed, **common
-        )
+        with stage(f"{method}: mask"):
+            mask = method_mask(method, model, clue_masks, forget_nodes, forget, cfg)
+        with stage(f"{method}: training"):
+            result = unlearn_baseline(
+                model,
+                forget,
+                retain,
+                mask,
+                epochs=sum(cfg.epochs),
+                seed=cfg.pipeline.seed,
+                **common,
+            )
         used = [mask]
     return {
         "unlearned_ratio": mask_lib.unlearned_ratio(model, *used),
@@ -356,26 +368,39 @@ def run_experiment(
         raise TypeError("run_experiment needs a RunConfig unless resume=True")
     else:
         rundir.check_new(out)
-    # Everything that can fail on bad input (model, tasks, empty circuits, localization)
-    # happens before the run folder exists; the folder then appears whole (rundir.creating).
-    model = load_model(cfg.model, device=cfg.device)
-    p = cfg.pipeline
-    task_data = load_tasks(model, p)
-    log(f"model {model.cfg.model_name}; forget {p.forget}; retain {', '.join(p.retain)}")
-    if resume:
-        setup = load_setup(out, model, p)
-        rundir.record_environment(out, log, cfg.device)
-    else:
-        setup = make_setup(model, task_data, p)
-        with rundir.creating(out) as folder:
-            write_setup(folder, cfg, setup)
-    log(setup.localization.summary())
-    with rundir.failure_marked(out):
-        _run_methods(cfg, out, model, task_data, setup, log)
-        seconds = time.perf_counter() - started
-        report = write_report(out, cfg, seconds=seconds)
+    timings = Timings()  # -> timings.json and the report's "Time" section, not the results
+    with recording(timings):
+        # Everything that can fail on bad input (model, tasks, empty circuits, localization)
+        # happens before the run folder exists; the folder then appears whole (rundir.creating).
+        with stage("model load"):
+            model = load_model(cfg.model, device=cfg.device)
+        p = cfg.pipeline
+        task_data = load_tasks(model, p)
+        log(f"model {model.cfg.model_name}; forget {p.forget}; retain {', '.join(p.retain)}")
+        if resume:
+            setup = load_setup(out, model, p)
+            rundir.record_environment(out, log, cfg.device)
+        else:
+            setup = make_setup(model, task_data, p)
+            with rundir.creating(out) as folder:
+                write_setup(folder, cfg, setup)
+        log(setup.localization.summary())
+        with rundir.failure_marked(out):
+            _run_methods(cfg, out, model, task_data, setup, log)
+            seconds = time.perf_counter() - started
+            write_timings(out, timings, seconds, resumed=resume)
+            report = write_report(out, cfg, seconds=seconds)
     log(f"report: {report}")
     return out
+
+
+def write_timings(out: Path, timings: Timings, seconds: float, resumed: bool) -> Path:
+    """``timings.json``: seconds per stage (kept apart from the results, which must not vary
+    between identical runs). Nested stages (attribution inside re-localization) count in both."""
+    data = {"total_seconds": round(seconds, 3), "resumed": resumed, "stages": timings.as_dict()}
+    path = out / "timings.json"
+    _write_json(path, data)
+    return path
 
 
 def _run_methods(
@@ -414,10 +439,12 @@ def _run_methods(
             row.update(run_method(method, model, task_data, forget_nodes, clue_masks, cfg))
         else:
             row.update(unlearned_ratio=0.0, mask_elements=0)
-        row.update(evaluate())
+        with stage(f"{method}: evaluation"):
+            row.update(evaluate())
         if method == "clue":
             if not (out / "model").exists():
-                export_hf(model, out / "model")
+                with stage("export"):
+                    export_hf(model, out / "model")
             if cfg.relocalize and not (out / "localization_after.json").exists():
                 _relocalize(model, task_data, p, out, log)
         _write_json(path, row)
@@ -431,7 +458,11 @@ def _relocalize(
     """Paper Table 3: localize again on the unlearned model. Optional: if a circuit of the
     unlearned model keeps no path to the logits, the report says "not re-localized"."""
     try:
-        after = localize_tasks(model, logical_circuits(model, task_data, p), p)
+        # Only the localization is kept, so the circuits' faithfulness is not measured; the
+        # weights changed, so every score is computed again (the score cache keys on them).
+        with stage("re-localization"):
+            logical = logical_circuits(model, task_data, p, faithfulness=False)
+            after = localize_tasks(model, logical, p)
     except (EmptyCircuitError, NonFiniteScoresError) as err:
         log(f"not re-localized after CLUE: {err}")
         return

@@ -18,14 +18,16 @@ import networkx as nx
 from tqdm.auto import tqdm
 
 from clue_mi import tasks
-from clue_mi.attribution import METHODS
+from clue_mi.attribution import METHODS, clear_reference_runs
 from clue_mi.cache import discover
 from clue_mi.cnf import SEMANTICS
 from clue_mi.gates import logical_circuit
-from clue_mi.graph import LOGITS, graph_for
+from clue_mi.graph import LOGITS, Circuit, graph_for, select_circuit
 from clue_mi.localization import Localization, localize
 from clue_mi.options import check_choice, check_float, check_int, check_seed, check_unique
+from clue_mi.score_cache import attribution_scores
 from clue_mi.tasks import Task
+from clue_mi.timing import stage
 
 
 @dataclass
@@ -128,14 +130,25 @@ def check_circuit_reaches_logits(
 
 
 def logical_circuits(
-    model, task_data: Mapping[str, Task], config: PipelineConfig, progress: bool = True
+    model,
+    task_data: Mapping[str, Task],
+    config: PipelineConfig,
+    progress: bool = True,
+    faithfulness: bool = True,
 ) -> dict[str, nx.DiGraph]:
-    """Noising and denoising circuits of every task (cached), typed into AND/OR/ADDER gates."""
+    """Noising and denoising circuits of every task (cached), typed into AND/OR/ADDER gates.
+
+    Both directions of a task come from one attribution (``clue_mi.score_cache``).
+    ``faithfulness=False`` selects the circuits from the scores without measuring their
+    faithfulness (and without the circuit cache, whose entries carry it): the localization is
+    the same, at about half the cost. Re-localizing an unlearned model uses it.
+    """
     out = {}
     steps = [(name, d) for name in task_data for d in ("noising", "denoising")]
     circuits: dict[tuple[str, str], nx.DiGraph] = {}
     for name, direction in tqdm(steps, desc="circuits", disable=not progress):
-        circuits[name, direction] = discover(
+        find = discover if faithfulness else _select_unmeasured
+        circuits[name, direction] = find(
             model,
             task_data[name],
             direction=direction,
@@ -145,9 +158,35 @@ def logical_circuits(
             batch_size=config.batch_size,
         )
         check_circuit_reaches_logits(circuits[name, direction], name, direction, config)
+    clear_reference_runs()  # the last task's clean/corrupted runs are not needed any more
     for name in task_data:
         out[name] = logical_circuit(circuits[name, "noising"], circuits[name, "denoising"])
     return out
+
+
+def _select_unmeasured(
+    model,
+    task: Task,
+    direction: str,
+    method: str,
+    sparsity: float,
+    steps: int,
+    batch_size: int,
+) -> Circuit:
+    """The circuit :func:`discover` would give, without its faithfulness (not measured)."""
+    scores = attribution_scores(model, task, direction, method, steps, batch_size)
+    graph = graph_for(model)
+    return select_circuit(
+        graph,
+        scores,
+        sparsity=sparsity,
+        model=graph.model_name,
+        task=task.name,
+        direction=direction,
+        method=method,
+        steps=steps if method == "eap-ig" else None,
+        n_prompts=len(task.prompts),
+    )
 
 
 def localize_tasks(
@@ -155,10 +194,11 @@ def localize_tasks(
 ) -> Localization:
     """Sort components into forget / conflict / retain / safe for the configured task sets."""
     all_nodes = list(graph_for(model).nodes)
-    return localize(
-        logical[config.forget],
-        [logical[name] for name in config.retain],
-        all_nodes=all_nodes,
-        semantics=config.semantics,  # type: ignore[arg-type]  # checked in __post_init__
-        relax_frozen=config.relax_frozen,
-    )
+    with stage("localization"):
+        return localize(
+            logical[config.forget],
+            [logical[name] for name in config.retain],
+            all_nodes=all_nodes,
+            semantics=config.semantics,  # type: ignore[arg-type]  # checked in __post_init__
+            relax_frozen=config.relax_frozen,
+        )

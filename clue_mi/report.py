@@ -158,6 +158,31 @@ def environment_lines(run: Path) -> list[str]:
     return lines
 
 
+def timing_lines(run: Path) -> list[str]:
+    """The "Time per stage" section, from ``timings.json`` (none if the run has no such file)."""
+    path = run / "timings.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    total = data["total_seconds"]
+    lines = [
+        "",
+        "## Time per stage",
+        "",
+        "Wall time of this run's stages on this machine (not results: they vary between identical "
+        "runs). Attribution and localization inside re-localization are counted in both."
+        + (" This run was resumed: earlier attempts are not included." if data["resumed"] else ""),
+        "",
+        "| Stage | Seconds | Calls | Share of the run |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in data["stages"].items():
+        share = 100 * entry["seconds"] / total if total else 0.0
+        lines.append(f"| {name} | {entry['seconds']:.1f} | {entry['calls']} | {share:.0f}% |")
+    lines.append(f"| whole run | {total:.1f} | 1 | 100% |")
+    return lines
+
+
 def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
     """Write ``report.md`` and its figures into the run folder ``run``."""
     from clue_mi.localization import Localization
@@ -218,6 +243,7 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
     text += environment_lines(run)
     if seconds is not None:
         text += ["", f"Wall time: {seconds / 60:.1f} min."]
+    text += timing_lines(run)
     path = run / "report.md"
     tmp = run / ".report.md.tmp"
     tmp.write_text("\n".join(text) + "\n")

@@ -46,6 +46,7 @@ from clue_mi.cache import (
     model_fingerprint,
 )
 from clue_mi.tasks.base import PromptSet, Task
+from clue_mi.timing import stage
 
 __all__ = ["SCORE_FORMAT", "attribution_scores", "score_key", "score_path"]
 
@@ -179,7 +180,8 @@ def attribution_scores(
             scores = _load(path, key)
             if scores is not None:
                 return scores
-        computed = _compute(model, task, direction, method, steps, batch_size)
+        with stage("attribution"):
+            computed = _compute(model, task, direction, method, steps, batch_size)
         for d, scores in computed.items():
             material = _material(model, task, d, method, steps)
             _store(

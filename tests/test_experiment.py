@@ -124,3 +124,24 @@ def test_tasks_and_models_commands(capsys):
     assert all(t in listing for t in ["capitals", "ioi", "greater_than", "wmdp_cyber"])
     assert main(["models"]) == 0
     assert "smollm2" in capsys.readouterr().out
+
+
+def test_stage_timings_are_recorded_apart_from_the_results(quick_run):
+    timings = json.loads((quick_run / "timings.json").read_text())
+    stages = timings["stages"]
+    expected = ["model load", "attribution", "faithfulness", "localization", "re-localization"]
+    expected += ["clue: training", "clue: evaluation", "original: evaluation", "export"]
+    expected += ["random: mask", "random: training", "random: evaluation"]
+    assert set(expected) <= set(stages), sorted(stages)
+    assert all(entry["seconds"] >= 0 and entry["calls"] >= 1 for entry in stages.values())
+    # 3 tasks: one (joint noising + denoising) attribution each, before and after unlearning
+    assert stages["attribution"]["calls"] == 6
+    # faithfulness only for the 6 circuits before unlearning (re-localization skips it)
+    assert stages["faithfulness"]["calls"] == 6
+    assert timings["total_seconds"] >= sum(
+        stages[k]["seconds"] for k in ("model load", "faithfulness", "export")
+    )
+    report = (quick_run / "report.md").read_text()
+    assert "## Time per stage" in report and "| attribution |" in report
+    for row in (quick_run / "results").glob("*.json"):
+        assert "stages" not in json.loads(row.read_text())
