@@ -64,16 +64,15 @@ from clue_mi.unlearn import (
     unlearn_baseline,
 )
 
-# CLUE first (its mask sizes the random and saliency baselines), then the baselines of DESIGN §8.
+# CLUE first (its mask sizes the random and WAGLE baselines), then the baselines of DESIGN §8.
 METHODS = ("clue", "full", "wagle", "random", "entangled")
 EXPLAINED = 3  # conflict nodes whose explanation the report shows
 METHOD_LABELS = {
     "original": "Original model",
     "clue": "CLUE (forget + conflict mask)",
     "full": "{loss} on all weights",
-    # Not WAGLE: WAGLE's score adds a retain-gradient term (Jia et al., 2024); this row ranks
-    # weights by the forget-loss saliency alone, and is named for what it is (issue #16).
-    "wagle": "Forget-saliency mask |w·∇ℓ_f| (same size)",
+    # WAGLE's full first-order score |(w - grad_r / gamma) * grad_f| (unlearn.wagle_scores).
+    "wagle": "WAGLE mask (same size)",
     "random": "Random mask (same size)",
     "entangled": "Forget-circuit nodes (entangled)",
 }
@@ -280,8 +279,11 @@ def method_mask(
     forget_nodes: Sequence[str],
     forget_text: Sequence[str],
     cfg: RunConfig,
+    retain_text: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    """The one-stage mask of a baseline, sized like CLUE's union mask where DESIGN §8 says so."""
+    """The one-stage mask of a baseline, sized like CLUE's union mask where DESIGN §8 says so.
+
+    WAGLE's score uses ``retain_text`` (the retain loss the baselines train with)."""
     size = mask_lib.mask_size(mask_lib.union(clue_masks["forget"], clue_masks["conflict"]))
     if method == "full":
         return baseline_mask(model, "all")
@@ -289,7 +291,13 @@ def method_mask(
         return baseline_mask(model, "nodes", nodes=forget_nodes)
     kind: Literal["wagle", "random"] = "wagle" if method == "wagle" else "random"
     return baseline_mask(
-        model, kind, size=max(size, 1), forget=forget_text, loss=cfg.loss, seed=cfg.pipeline.seed
+        model,
+        kind,
+        size=max(size, 1),
+        forget=forget_text,
+        retain=retain_text,
+        loss=cfg.loss,
+        seed=cfg.pipeline.seed,
     )
 
 
@@ -322,7 +330,7 @@ def run_method(
         used = [clue_masks["forget"], clue_masks["conflict"]]
     else:
         with stage(f"{method}: mask"):
-            mask = method_mask(method, model, clue_masks, forget_nodes, forget, cfg)
+            mask = method_mask(method, model, clue_masks, forget_nodes, forget, cfg, retain)
         with stage(f"{method}: training"):
             result = unlearn_baseline(
                 model,

@@ -8,8 +8,8 @@
   holds exactly the masked elements and which writes nothing else: every element outside the
   active mask stays bit-identical.
 * ``unlearn_baseline`` + ``baseline_mask``: one stage, same step budget, on all weights, a
-  forget-saliency weight-attribution mask (``|w * dL_forget/dw|``, the forget-side term of
-  WAGLE's score only; kept under the key ``"wagle"``), a random mask, or the union of a node set.
+  WAGLE weight-attribution mask (``|(w - grad_r / gamma) * grad_f|``), a random mask, or the
+  union of a node set.
 * ``export_hf``: a standard HF checkpoint of the edited weights.
 
 Training runs through a plain HF model that *shares* the parameter tensors of
@@ -673,6 +673,22 @@ def random_mask(model, size: int, seed: int = 0) -> Mask:
     return mask
 
 
+WAGLE_GAMMA = 1e-6
+"""WAGLE's ``mu`` (our ``gamma``) in its published unlearning configs (``mu: 1e-06``)."""
+
+
+def _mean_gradients(
+    model, s: _Setup, data: Encoded, loss_fn, pool: list[tuple[str, nn.Parameter]]
+) -> dict[str, Tensor]:
+    """Gradient of ``loss_fn`` averaged over the batches of ``data``, for the pool matrices."""
+    device = next(s.net.parameters()).device
+    n_batches = math.ceil(len(data) / s.batch_size)
+    with _only_grad_for(model, [p for _, p in pool]):
+        for batch in data.batches(s.batch_size):
+            (loss_fn(batch.to(device)) / n_batches).backward()
+        return {n: p.grad.detach().clone() for n, p in pool if p.grad is not None}
+
+
 def wagle_scores(
     model,
     forget: Sequence[str],
@@ -680,22 +696,29 @@ def wagle_scores(
     batch_size: int = 8,
     tokenizer=None,
     refusals: Sequence[str] | None = None,
+    retain: Sequence[str] | None = None,
+    gamma: float = WAGLE_GAMMA,
 ) -> dict[str, Tensor]:
-    """First-order weight attribution ``|w * dL_forget/dw|`` over the ``_pool`` matrices.
+    """WAGLE weight attribution (Jia et al., 2024) over the ``_pool`` matrices.
 
-    The gradient is that of the forget loss averaged over the whole forget set (for NPO at
-    ``theta = theta_ref`` its gradient is proportional to GA's, so GA's is used). This is the
-    first-order saliency of the forget loss: the estimated change of the forget loss when a
-    weight is zeroed. It is *not* the WAGLE score (Jia et al., 2024), which attributes a weight
-    by its influence on the *retain* loss after an unlearning step (first order, as we read the
-    paper: ``w * grad_r - (1/gamma) * grad_f * grad_r``, with gamma a Hessian-diagonal constant).
-    The retain term and gamma are not implemented; the report names this row "forget-saliency
-    mask" for that reason (the method key stays ``"wagle"`` for compatibility).
+    ``score = |(w - grad_r / gamma) * grad_f|``, WAGLE's first-order score as its released code
+    computes it (``snip_advanced``): the influence of a weight on the forget loss at the weights
+    a retain step of size ``1 / gamma`` reaches (``w - grad_r / gamma``, the lower level of
+    WAGLE's bi-level problem with its Hessian approximated by ``gamma * I``). The mask keeps the
+    largest scores. ``grad_f`` / ``grad_r`` are the forget / retain loss gradients averaged
+    over the data (WAGLE sums them, which rescales gamma only); for NPO at ``theta = theta_ref``
+    the gradient is proportional to GA's, so GA's is used. ``gamma`` defaults to WAGLE's
+    published ``mu`` (1e-6), where the retain term dominates ``w``.
+
+    Without ``retain`` the retain term is zero and the score is the forget saliency
+    ``|w * grad_f|`` (the estimated change of the forget loss when a weight is zeroed).
     """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
     s = _prepare(
         model,
         forget,
-        None,
+        retain,
         "ga" if loss == "npo" else loss,
         0.1,
         batch_size,
@@ -706,17 +729,22 @@ def wagle_scores(
         refusals,
     )
     pool = _pool(model)
-    device = next(s.net.parameters()).device
-    n_batches = math.ceil(len(s.forget) / batch_size)
-    with _only_grad_for(model, [p for _, p in pool]):
-        for batch in s.forget.batches(batch_size):
-            (_forget_loss(s, batch.to(device)) / n_batches).backward()
-        scores = {n: (p.detach() * p.grad).abs() for n, p in pool if p.grad is not None}
+    grad_f = _mean_gradients(model, s, s.forget, lambda b: _forget_loss(s, b), pool)
+    grad_r: dict[str, Tensor] = {}
+    if s.retain is not None:
+        grad_r = _mean_gradients(model, s, s.retain, lambda b: retain_loss(s.net, b), pool)
+    params = dict(pool)
+    scores = {}
+    for name, g_f in grad_f.items():
+        w = params[name].detach()
+        if name in grad_r:
+            w = w - grad_r[name] / gamma
+        scores[name] = (w * g_f).abs()
     return scores
 
 
 def wagle_mask(model, size: int, forget: Sequence[str], loss: LossName = "po", **kw) -> Mask:
-    """The ``size`` elements of largest ``wagle_scores`` (ties broken by position)."""
+    """The ``size`` elements of largest ``wagle_scores`` (``retain=`` for the full WAGLE score)."""
     scores = wagle_scores(model, forget, loss, **kw)
     names = list(scores)
     flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names])
@@ -746,14 +774,15 @@ def baseline_mask(
     seed: int = 0,
     batch_size: int = 8,
     tokenizer=None,
+    retain: Sequence[str] | None = None,
 ) -> Mask:
     """Masks of the baselines (DESIGN.md §8).
 
     * ``"all"``: every parameter (full fine-tuning);
     * ``"random"``: ``size`` uniformly random elements of the attention / MLP matrices;
-    * ``"wagle"``: the ``size`` elements of largest ``|w * grad of the forget loss|``, the
-      forget-saliency mask (not the full WAGLE score, see ``wagle_scores``; needs
-      ``forget`` and ``loss``);
+    * ``"wagle"``: the ``size`` elements of largest WAGLE score (``wagle_scores``; needs
+      ``forget`` and ``loss``, and ``retain`` for the retain term: without it the score is
+      the forget saliency ``|w * grad_f|``);
     * ``"nodes"``: every element owned by ``nodes`` (pass the union of the forget circuit's
       nodes for the "entangled" localization).
 
@@ -772,7 +801,9 @@ def baseline_mask(
     if kind == "wagle":
         if forget is None:
             raise ValueError("baseline 'wagle' needs forget= (the forget data)")
-        return wagle_mask(model, size, forget, loss, batch_size=batch_size, tokenizer=tokenizer)
+        return wagle_mask(
+            model, size, forget, loss, batch_size=batch_size, tokenizer=tokenizer, retain=retain
+        )
     raise ValueError(f"unknown baseline {kind!r}; choose all, random, wagle or nodes")
 
 
@@ -827,6 +858,7 @@ __all__ = [
     "LOSSES",
     "MaskedAdamW",
     "REFUSALS",
+    "WAGLE_GAMMA",
     "UnlearnResult",
     "balanced_epochs",
     "baseline_mask",

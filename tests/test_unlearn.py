@@ -465,3 +465,29 @@ def test_empty_stage_gives_its_steps_to_the_other_stage(model, caplog):
         progress=False,
     )
     assert explicit.steps == {1: 0, 2: 4}
+
+
+def test_wagle_score_is_the_published_formula(model):
+    """WAGLE (Jia et al., 2024; its code's ``snip_advanced``): |(w - grad_r / gamma) * grad_f|."""
+    name = "model.layers.1.mlp.up_proj.weight"
+    param = M.get_parameter(model, name)
+    net, tok = U.plain_hf_model(model), model.tokenizer
+    enc_f = U.encode_prompt_answers(tok, FORGET_PROMPTS)
+    enc_r = U.encode_texts(tok, RETAIN_TEXT)
+    (g_f,) = torch.autograd.grad(U.po_loss(net, enc_f.batch(range(len(enc_f)))), param)
+    (g_r,) = torch.autograd.grad(U.retain_loss(net, enc_r.batch(range(len(enc_r)))), param)
+    gamma = 0.05
+    want = ((param.detach() - g_r / gamma) * g_f).abs()
+    scores = U.wagle_scores(model, FORGET_PROMPTS, "po", retain=RETAIN_TEXT, gamma=gamma)
+    torch.testing.assert_close(scores[name], want, rtol=1e-4, atol=1e-9)
+    # Without retain text the retain term is zero: the forget saliency |w * grad_f|.
+    plain = U.wagle_scores(model, FORGET_PROMPTS, "po")
+    torch.testing.assert_close(plain[name], (param.detach() * g_f).abs(), rtol=1e-4, atol=1e-9)
+    # The retain term changes which weights are picked.
+    size = 2000
+    with_retain = U.baseline_mask(model, "wagle", size, forget=FORGET_PROMPTS, retain=RETAIN_TEXT)
+    without = U.baseline_mask(model, "wagle", size, forget=FORGET_PROMPTS)
+    assert M.mask_size(with_retain) == size
+    assert any(
+        not torch.equal(m, without.get(n, torch.zeros_like(m))) for n, m in with_retain.items()
+    )
