@@ -485,6 +485,13 @@ def _run_stage(
                 if retain_iter is not None:
                     r_loss = retain_loss(s.net, next(retain_iter).to(device))
                     total, r_val = f_loss + lam * r_loss, r_loss.item()
+                if not math.isfinite(total.item()) and not any(
+                    "diverged" in n for n in result.notes
+                ):
+                    # Keep the step budget, but say so: the metrics of this model fail closed.
+                    note = f"stage {stage} diverged: non-finite loss at step {step + 1}"
+                    log.warning("unlearn: %s", note)
+                    result.notes.append(note)
                 total.backward()
                 opt.step()
                 opt.zero_grad()

@@ -491,3 +491,17 @@ def test_wagle_score_is_the_published_formula(model):
     assert any(
         not torch.equal(m, without.get(n, torch.zeros_like(m))) for n, m in with_retain.items()
     )
+
+
+def test_a_diverging_run_says_so(model):
+    """A non-finite loss is noted (once) and logged; the step budget is kept."""
+    with torch.no_grad():
+        M.get_parameter(model, "model.norm.weight").fill_(float("inf"))
+    result = U.unlearn(
+        model, FORGET_TEXT, RETAIN_TEXT, M.forget_mask(model, ["m1"]), None, loss="ga",
+        epochs=(1, 0), lr=1e-3, batch_size=3, progress=False,
+    )  # fmt: skip
+    assert result.steps[1] == 2
+    assert [n for n in result.notes if "diverged" in n] == [
+        "stage 1 diverged: non-finite loss at step 1"
+    ]
