@@ -66,13 +66,14 @@ def test_wmdp_correct_letter_and_corruption(tok, subset):
     letters = [first_token(tok, f" {c}") for c in "ABCD"]
     rows = rows_of(f"wmdp_{subset}")
     for part in (task.prompts, task.eval):
-        assert (part.choices == torch.tensor(letters)).all()
-        for clean, corrupted, good, sentence in zip(
-            part.clean, part.corrupted, part.good, part.sentences, strict=True
+        # the four letters, in a seeded random order per prompt (build_task shuffles choices)
+        assert (part.choices.sort(1).values == torch.tensor(sorted(letters))).all()
+        for clean, corrupted, good, ids, sentence in zip(
+            part.clean, part.corrupted, part.good, part.choices, part.sentences, strict=True
         ):
             question, choices = parse_mc(clean)
             matches = [r for r in rows if r["question"] == question and r["choices"] == choices]
-            answer = int(good.float().argmax())
+            answer = letters.index(int(ids[good].item()))
             # the good letter is the data set's answer (the fixture repeats some rows)
             assert matches and {r["answer"] for r in matches} == {answer}
             c_question, c_choices = parse_mc(corrupted)
@@ -115,7 +116,10 @@ def test_sst2_pairs_opposite_labels(tok):
         for clean, corrupted, choices in zip(part.clean, part.corrupted, part.choices, strict=True):
             label = labels[clean]
             assert labels[corrupted] == 1 - label
-            assert choices.tolist() == [answer_ids[label], answer_ids[1 - label]]
+            # the correct answer is the good choice, wherever the seeded shuffle put it
+            good = part.good[part.clean.index(clean)]
+            assert choices[good].tolist() == [answer_ids[label]]
+            assert sorted(choices.tolist()) == sorted(answer_ids)
         # labels alternate, so both splits are balanced
         assert sum(labels[c] for c in part.clean) == len(part) // 2
     assert task.info["length"] == task.prompts.clean_tokens.shape[1]
@@ -127,9 +131,12 @@ def test_rte_pairs_opposite_labels(tok):
     labels = {D.rte_prompt(r["sentence1"], r["sentence2"]): r["label"] for r in rows_of("rte")}
     yes, no = first_token(tok, " yes"), first_token(tok, " no")
     for part in (task.prompts, task.eval):
-        for clean, corrupted, choices in zip(part.clean, part.corrupted, part.choices, strict=True):
+        for clean, corrupted, choices, good in zip(
+            part.clean, part.corrupted, part.choices, part.good, strict=True
+        ):
             assert labels[corrupted] == 1 - labels[clean]
-            assert choices.tolist() == ([yes, no] if labels[clean] == 0 else [no, yes])
+            assert choices[good].tolist() == [yes if labels[clean] == 0 else no]
+            assert sorted(choices.tolist()) == sorted([yes, no])
 
 
 def test_binary_pairing_deterministic(tok):
@@ -162,15 +169,13 @@ def test_winogrande_answer_and_corruption(tok, corruption):
     if corruption != "auto":
         assert kinds.get({"swap": "twin", "twin": "swap"}[corruption], 0) == 0
     for part in (task.prompts, task.eval):
-        for clean, corrupted, choices, sentence in zip(
-            part.clean, part.corrupted, part.choices, part.sentences, strict=True
+        for clean, corrupted, choices, good, sentence in zip(
+            part.clean, part.corrupted, part.choices, part.good, part.sentences, strict=True
         ):
             row = by_prompt[clean]
             right, wrong = row[f"option{row['answer']}"], row[f"option{3 - int(row['answer'])}"]
-            assert choices.tolist() == [
-                first_token(tok, " " + right),
-                first_token(tok, " " + wrong),
-            ]
+            assert choices[good].tolist() == [first_token(tok, " " + right)]
+            assert choices[~good].tolist() == [first_token(tok, " " + wrong)]
             assert sentence == row["sentence"].replace("_", right)
             swapped = D.swap_options(row["sentence"], row["option1"], row["option2"])
             if corrupted in by_prompt:  # a twin: same options, the other answer

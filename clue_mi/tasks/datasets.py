@@ -30,7 +30,9 @@ nothing is ever padded). Data sets of short templated prompts (SST-2 train, Wino
 easily give 32 + 32 pairs of one length; data sets of long, varied prompts (WMDP, RTE) give far
 fewer, and ``build_task`` then says how many it found: ask for a smaller ``n`` / ``n_eval``.
 
-Prompt templates and corruptions (clean and corrupted prompts always have equal token length):
+Prompt templates and corruptions (clean and corrupted prompts always have equal token length;
+"correct first" below is the order the loaders write, ``build_task`` then shuffles every
+prompt's choices by seed so the correct one is at a random position):
 
 * **WMDP**: ``"The following are multiple choice questions (with answers) about {subject}.\\n\\n
   {question}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:"`` (the lm-eval format), choices
