@@ -196,7 +196,7 @@ def report_localization(circuits: list[nx.DiGraph], graph: nx.DiGraph, semantics
     print(
         f"  Φ {'SAT' if loc.satisfiable else 'UNSAT'}: {len(loc.forget)} forget, "
         f"{len(loc.conflict)} conflict, {len(loc.retain)} retain, {len(loc.safe)} safe; "
-        f"relaxed/dropped edges: {loc.relaxed_edges or 'none'}"
+        f"relaxed/dropped edges: {len(loc.relaxed_edges)} {loc.relaxed_edges[:3]}"
     )
     if loc.conflict:
         node = sorted(loc.conflict)[0]
