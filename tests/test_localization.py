@@ -413,14 +413,23 @@ def test_old_import_path_still_works():
 
 
 def test_pipeline_and_cli_default_to_gates():
-    from clue_mi.cli import _pipeline_config, build_parser
+    from clue_mi.cli import build_parser
     from clue_mi.pipeline import PipelineConfig
 
     assert PipelineConfig().semantics == "gates"
     with pytest.raises(ValueError, match="semantics"):
         PipelineConfig(semantics="cut")
     for command in ("localize", "unlearn --out x", "run"):
-        args = build_parser().parse_args(command.split())
-        assert _pipeline_config(args).semantics == "gates"
+        assert build_parser().parse_args(command.split()).semantics == "gates"
     args = build_parser().parse_args(["localize", "--semantics", "output"])
-    assert _pipeline_config(args).semantics == "output"
+    assert args.semantics == "output"
+
+
+def test_run_config_recorded_before_semantics_resumes_as_output():
+    from clue_mi.experiment import RunConfig
+
+    recorded = RunConfig().to_dict()
+    assert recorded["pipeline"]["semantics"] == "gates"
+    assert RunConfig.from_dict(recorded).pipeline.semantics == "gates"
+    del recorded["pipeline"]["semantics"]  # a config.json written before the field existed
+    assert RunConfig.from_dict(recorded).pipeline.semantics == "output"
