@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--retain", default=None, help="comma-separated retain tasks")
     parser.add_argument("--methods", default=None, help="comma-separated methods")
     parser.add_argument("--epochs", type=int, nargs=2, default=None)
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
 
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         methods=tuple(args.methods.split(",")) if args.methods else METHODS,
         epochs=epochs,  # type: ignore[arg-type]
         quick=args.quick,
+        bf16=args.bf16,
     )
     with tempfile.TemporaryDirectory(prefix="bench_run_") as tmp:
         os.environ["CLUE_MI_CACHE"] = str(Path(tmp) / "cache")  # every attribution computed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -148,6 +149,7 @@ def _run_config(args: argparse.Namespace):
         lam=args.lam,
         batch_size=args.train_batch_size,
         quick=args.quick,
+        bf16=args.bf16,
     )
 
 
@@ -179,6 +181,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
         lam=cfg.lam,
         batch_size=cfg.batch_size,
         seed=p.seed,
+        bf16=cfg.bf16,
     )
     print(f"unlearned parameters: {100 * masks.unlearned_ratio(model, forget_m, conflict_m):.2f}%")
     export_hf(model, out)
@@ -224,6 +227,12 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="small smoke run (numbers not meaningful): 8 + 8 prompts, 2 EAP-IG steps, "
         "sparsity 0.5, 1 + 1 epochs, 20 GU documents per task; options given explicitly win",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train under bfloat16 autocast (about 1.4x faster training on a CPU with "
+        "AVX512-BF16; weights and optimizer stay float32; numbers differ slightly from float32)",
     )
 
 
@@ -306,11 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, KeyError, OSError, ModelLoadError)
 
 
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """Warnings (a damaged cache entry being recomputed...) as ``clue-mi CMD: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split("\n"))
+        print(f"clue-mi {command}: warning: {text}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            func(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         line = " ".join(str(message).split("\n"))  # one line, whatever raised it

@@ -410,6 +410,7 @@ class _Setup:
     seed: int
     progress: bool
     weight_decay: float
+    bf16: bool = False  # bfloat16 autocast of the training forward/backward passes
 
 
 def _prepare(
@@ -480,11 +481,14 @@ def _run_stage(
             order = list(range(len(s.forget)))
             rng.shuffle(order)
             for batch in s.forget.batches(s.batch_size, order):
-                f_loss = _forget_loss(s, batch.to(device))
-                total, r_val = f_loss, float("nan")  # nan: no retain loss in this stage
-                if retain_iter is not None:
-                    r_loss = retain_loss(s.net, next(retain_iter).to(device))
-                    total, r_val = f_loss + lam * r_loss, r_loss.item()
+                # bf16 autocast: matmuls in bfloat16, weights, gradients, optimizer and the
+                # log-softmax of the losses stay float32 (token_nll casts logits up).
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+                    f_loss = _forget_loss(s, batch.to(device))
+                    total, r_val = f_loss, float("nan")  # nan: no retain loss in this stage
+                    if retain_iter is not None:
+                        r_loss = retain_loss(s.net, next(retain_iter).to(device))
+                        total, r_val = f_loss + lam * r_loss, r_loss.item()
                 if not math.isfinite(total.item()) and not any(
                     "diverged" in n for n in result.notes
                 ):
@@ -563,6 +567,7 @@ def unlearn(
     tokenizer=None,
     refusals: Sequence[str] | None = None,
     rebalance: bool = True,
+    bf16: bool = False,
 ) -> UnlearnResult:
     """CLUE's two-stage masked unlearning, written in place into ``bridge.original_model``.
 
@@ -581,6 +586,9 @@ def unlearn(
             every method trains the same number of steps. An explicit 0-epoch stage is never
             rebalanced.
         lr, weight_decay: AdamW hyper-parameters (decay touches masked elements only).
+        bf16: run the training forward and backward passes under bfloat16 autocast (about
+            1.4x faster on a CPU with AVX512-BF16; weights, gradients and optimizer state stay
+            float32, so masked-out weights stay bit-identical). Changes the numbers slightly.
         beta: NPO temperature.
     """
     s = _prepare(
@@ -596,6 +604,7 @@ def unlearn(
         tokenizer,
         refusals,
     )
+    s.bf16 = bf16
     result = UnlearnResult(ref_nll=s.ref_nll)
     if rebalance:
         epochs, note = balanced_epochs(model, forget_mask, conflict_mask, epochs)
@@ -625,12 +634,13 @@ def unlearn_baseline(
     progress: bool = True,
     tokenizer=None,
     refusals: Sequence[str] | None = None,
+    bf16: bool = False,
 ) -> UnlearnResult:
     """One stage on ``mask`` with forget + ``lam`` * retain loss, for ``epochs`` epochs.
 
     The default budget (6 epochs) is the step count of CLUE's default 1 + 5; use ``lam=0`` for
     a forget-loss-only baseline. With ``full_mask`` this is plain fine-tuning (dense AdamW
-    state over every weight, weight decay 0 by default).
+    state over every weight, weight decay 0 by default). ``bf16`` as in :func:`unlearn`.
     """
     s = _prepare(
         model,
@@ -645,6 +655,7 @@ def unlearn_baseline(
         tokenizer,
         refusals,
     )
+    s.bf16 = bf16
     result = UnlearnResult(ref_nll=s.ref_nll, epochs=(epochs,))
     torch.manual_seed(seed)
     _run_stage(model, s, 1, mask, epochs, lr, lam, result)
