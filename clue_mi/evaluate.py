@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from clue_mi.models import hf_model
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
+from clue_mi.timing import stage
 
 LOCAL_GU_TASKS: tuple[str, ...] = (
     "clue_antonyms",
@@ -611,9 +612,10 @@ def evaluate_model(
                 out["rouge_l"] = rouge_l(model, prompts, refs, max_new_tokens, batch_size)
                 out["one_minus_rouge_l"] = 1.0 - out["rouge_l"]
             else:
-                gu = general_utility(
-                    model, gu_names, limit=20 if quick else None, batch_size=batch_size
-                )
+                with stage("evaluation: GU (lm-eval)"):  # most of an evaluation's time
+                    gu = general_utility(
+                        model, gu_names, limit=20 if quick else None, batch_size=batch_size
+                    )
                 out["gu"], out["gu_tasks"] = gu["gu"], gu["tasks"]
             bar.update()
     if not gu_names:
