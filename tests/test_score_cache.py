@@ -219,3 +219,23 @@ def test_faithfulness_shares_the_clean_and_corrupted_runs(tiny, task, monkeypatc
         kl = float(attribution._kl(clean, logits).mean())
         assert r["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-7)
     assert results[0]["kl_empty"] == results[1]["kl_empty"]
+
+
+def test_unmeasured_circuits_localize_the_same(tiny, calls):
+    from clue_mi.pipeline import PipelineConfig, load_tasks, localize_tasks, logical_circuits
+
+    config = PipelineConfig(retain=("gender",), n=6, n_eval=4, sparsity=0.5, batch_size=8)
+    data = load_tasks(tiny, config)
+    measured = logical_circuits(tiny, data, config, progress=False)
+    unmeasured = logical_circuits(tiny, data, config, progress=False, faithfulness=False)
+    assert len(calls) == 2  # one joint attribution per task, reused by the second call
+    for name in measured:
+        a, b = measured[name], unmeasured[name]
+        assert sorted(a.edges(data="gate")) == sorted(b.edges(data="gate")), name
+    before = localize_tasks(tiny, measured, config)
+    after = localize_tasks(tiny, unmeasured, config)
+    assert (before.forget, before.conflict, before.retain) == (
+        after.forget,
+        after.conflict,
+        after.retain,
+    )
