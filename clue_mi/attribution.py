@@ -476,6 +476,7 @@ def attribute_both(
     ``"exact"`` has nothing to share and runs :func:`attribute` twice.
     """
     _check("noising", method, steps)
+    _REFERENCE.clear()  # a new attribution: free the previous task's faithfulness runs first
     if method == "exact":
         return {
             d: attribute(model, task_or_prompts, d, method, steps, batch_size, progress)
