@@ -18,8 +18,8 @@ bookkeeping) that the run needs at the least:
   corrupted prompts and one per circuit (two);
 * training: per optimizer step, a forward + backward (parameter gradients) of one forget batch
   and, in stages that use it, one retain batch;
-* evaluation: one forward of every FE/RU prompt, every MIA text and every lm-eval (context +
-  choice) sequence of the offline GU tasks.
+* evaluation: one forward of every FE/RU prompt, every MIA text and every sequence lm-eval
+  must run for the offline GU tasks (context + choice; one-token choices share the context).
 
 It prints the stage breakdown, each stage's floor and their ratio. On a shared machine the
 absolute times move with the load; the ratios much less.
@@ -69,8 +69,10 @@ def _padded(tok, texts: Sequence[str], size: int) -> list[dict[str, torch.Tensor
     ]
 
 
-def gu_sequences(limit: int | None) -> list[str]:
-    """Context + choice of every document of the offline GU tasks (what lm-eval scores)."""
+def gu_sequences(tok, limit: int | None) -> list[str]:
+    """The sequences lm-eval must run for the offline GU tasks: per document, context + choice
+    for every choice, except that choices of one token share one run of the context (lm-eval
+    reads all of them from the same logits)."""
     import yaml
 
     out = []
@@ -81,7 +83,13 @@ def gu_sequences(limit: int | None) -> list[str]:
         docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for doc in docs[:limit]:
             context = f"Question: {doc['question']}\nAnswer:"
-            out += [f"{context} {choice}" for choice in doc["choices"]]
+            single = [
+                c
+                for c in doc["choices"]
+                if len(tok(f" {c}", add_special_tokens=False)["input_ids"]) == 1
+            ]
+            multi = [c for c in doc["choices"] if c not in single]
+            out += [f"{context} {c}" for c in single[:1] + multi]
     return out
 
 
@@ -156,7 +164,7 @@ def measure_floor(model, cfg: RunConfig, steps: dict[str, int]) -> dict[str, flo
     eval_tokens = [t.eval.clean_tokens for t in task_data.values()]
     members = forget_task.train_text + forget_task.eval_text
     texts = members + holdout_capital_texts(like=members)
-    gu = gu_sequences(20 if cfg.quick else None) if cfg.gu_tasks is None else []
+    gu = gu_sequences(tok, 20 if cfg.quick else None) if cfg.gu_tasks is None else []
     tok.padding_side = "right"
     batches: list[dict[str, torch.Tensor] | torch.Tensor] = [
         b for tokens in eval_tokens for b in _batches(tokens, 32)
