@@ -32,3 +32,31 @@ def smol():
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own circuit cache folder, so tests never share or trust stale files."""
     monkeypatch.setenv("CLUE_MI_CACHE", str(tmp_path / "circuits_cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The README's smoke run exactly as written (``run_helpers.SMOKE_COMMAND``), in a fresh
+    process with its own circuit cache. Its run folder (``runs/run-DATE-TIME`` in the
+    repository, as the README says) is moved to a temporary folder and returned."""
+    import re
+    import shutil
+
+    from run_helpers import ROOT, SMOKE_COMMAND, run_shell, subprocess_env
+
+    had_runs = (ROOT / "runs").exists()
+    env = subprocess_env(tmp_path_factory.mktemp("smoke_cache"), PYTHONHASHSEED="0")
+    done = run_shell(SMOKE_COMMAND, env)
+    match = re.search(r"^report: (\S+)/report\.md$", done.stdout, re.MULTILINE)
+    made = ROOT / match.group(1) if match else None
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert made is not None and made.is_dir(), done.stdout[-2000:]
+        out = tmp_path_factory.mktemp("smoke") / made.name
+        shutil.move(made, out)
+    finally:
+        if made is not None and made.exists():
+            shutil.rmtree(made)
+        if not had_runs and (ROOT / "runs").exists() and not any((ROOT / "runs").iterdir()):
+            (ROOT / "runs").rmdir()
+    return out
