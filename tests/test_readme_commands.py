@@ -189,7 +189,10 @@ def inline_spans(text: str) -> list[str]:
 
 
 def readme_commands(text: str) -> list[str]:
-    found = bash_commands(text) + [s for s in inline_spans(text) if s.startswith(COMMAND_START)]
+    spans = [s for s in inline_spans(text) if s.startswith(COMMAND_START)]
+    # `clue-mi CMD: error: ...` shows an output, not a command: commands name a subcommand
+    spans = [s for s in spans if not s.startswith("clue-mi") or re.match(r"clue-mi( [a-z]|$)", s)]
+    found = bash_commands(text) + spans
     return list(dict.fromkeys(found))
 
 
