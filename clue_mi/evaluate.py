@@ -42,11 +42,12 @@ from typing import Any
 
 import torch
 import yaml
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from clue_mi.models import hf_model
+from clue_mi.stats import bootstrap_mean
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 from clue_mi.timing import stage
@@ -127,11 +128,27 @@ def final_logits(
     return torch.cat(out)
 
 
-def scored_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> tuple[float, bool]:
-    """Accuracy (failing closed, see ``choice_accuracy``) and whether every logit was finite."""
+def prompt_outcomes(
+    model, promptset: PromptSet, batch_size: int = 32
+) -> tuple[Bool[Tensor, " n"], bool]:
+    """Per prompt, whether it was answered correctly (failing closed, see ``choice_accuracy``),
+    and whether every logit was finite."""
     logits = final_logits(model, promptset.clean_tokens, batch_size)
     correct = choice_accuracy(logits, promptset.choices.cpu(), promptset.good.cpu())
-    return float(correct.float().mean()), bool(torch.isfinite(logits).all())
+    return correct, bool(torch.isfinite(logits).all())
+
+
+def scored_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> tuple[float, bool]:
+    """Accuracy (failing closed, see ``choice_accuracy``) and whether every logit was finite."""
+    correct, finite = prompt_outcomes(model, promptset, batch_size)
+    return float(correct.float().mean()), finite
+
+
+def _interval(correct: Tensor, flip: bool = False) -> list[float]:
+    """Bootstrap 95% interval ``[low, high]`` of the accuracy (of 1 - accuracy with ``flip``)."""
+    values = correct.float().tolist()
+    ci = bootstrap_mean([1.0 - v for v in values] if flip else values)
+    return [ci.low, ci.high]
 
 
 def task_accuracy(model, promptset: PromptSet, batch_size: int = 32) -> float:
@@ -569,7 +586,9 @@ def evaluate_model(
     Returns keys ``fe``, ``forget_acc``, ``fe_phrasings`` (FE on held-out phrasings of the
     eval facts; None when the forget task has none), ``ru`` (per task), ``ru_mean``, ``gu``,
     ``gu_tasks``, ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``finite`` (every eval logit
-    finite; False marks a broken model, whose accuracies are 0 and MIA NaN), ``seconds``.
+    finite; False marks a broken model, whose accuracies are 0 and MIA NaN), ``ci`` (bootstrap
+    95% intervals over eval prompts: ``fe``, ``fe_phrasings`` and ``ru`` per task, each
+    ``[low, high]``, see :mod:`clue_mi.stats`), ``seconds``.
     """
     start = time.perf_counter()
     members = (
@@ -591,16 +610,21 @@ def evaluate_model(
         for step in steps:
             bar.set_postfix_str(step)
             if step == "forget efficacy":
-                acc, finite = scored_accuracy(model, forget_task.eval, batch_size)
+                correct, finite = prompt_outcomes(model, forget_task.eval, batch_size)
+                acc = float(correct.float().mean())
                 out["fe"], out["forget_acc"] = 1.0 - acc, acc
+                out["ci"] = {"fe": _interval(correct, flip=True), "ru": {}}
                 out["fe_phrasings"] = None
                 if forget_task.phrasings is not None:
-                    acc, ok = scored_accuracy(model, forget_task.phrasings, batch_size)
-                    out["fe_phrasings"], finite = 1.0 - acc, finite and ok
+                    correct, ok = prompt_outcomes(model, forget_task.phrasings, batch_size)
+                    out["fe_phrasings"], finite = 1.0 - float(correct.float().mean()), finite and ok
+                    out["ci"]["fe_phrasings"] = _interval(correct, flip=True)
             elif step == "retain utility":
                 out["ru"] = {}
                 for task in retain_tasks:
-                    out["ru"][task.name], ok = scored_accuracy(model, task.eval, batch_size)
+                    correct, ok = prompt_outcomes(model, task.eval, batch_size)
+                    out["ru"][task.name] = float(correct.float().mean())
+                    out["ci"]["ru"][task.name] = _interval(correct)
                     finite = finite and ok
                 out["ru_mean"] = sum(out["ru"].values()) / max(1, len(out["ru"]))
                 out["finite"] = finite
@@ -649,6 +673,7 @@ __all__ = [
     "mia_auc",
     "mink_from_logprobs",
     "mink_scores",
+    "prompt_outcomes",
     "resolved_task_dir",
     "retain_utility",
     "rouge_l",

@@ -330,3 +330,19 @@ def test_evaluate_model_reports_held_out_phrasings(tiny):
     assert no_phrasings["fe_phrasings"] is None
     with pytest.raises(ValueError, match="no held-out phrasings"):
         ev.forget_efficacy(tiny, retain[0], split="phrasings")
+
+
+def test_evaluate_model_intervals_are_bootstraps_of_the_prompt_outcomes(tiny):
+    from clue_mi import tasks
+    from clue_mi.stats import bootstrap_mean
+
+    forget = tasks.get("capitals", tiny, n=4, n_eval=8)
+    retain = [tasks.get("ioi", tiny, n=4, n_eval=8)]
+    out = ev.evaluate_model(tiny, forget, retain, gu_tasks=())
+    correct, _ = ev.prompt_outcomes(tiny, forget.eval)
+    want = bootstrap_mean([1.0 - v for v in correct.float().tolist()])
+    assert out["ci"]["fe"] == [want.low, want.high]
+    assert out["ci"]["fe"][0] <= out["fe"] <= out["ci"]["fe"][1]
+    low, high = out["ci"]["ru"]["ioi"]
+    assert low <= out["ru"]["ioi"] <= high
+    assert set(out["ci"]) == {"fe", "fe_phrasings", "ru"}
