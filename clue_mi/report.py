@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # reports are written headless
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clue_mi.stats import Interval, format_interval, separated  # noqa: E402
+
 CATEGORIES = ("forget", "conflict", "retain", "safe")
 KINDS = ("q", "k", "v", "head", "mlp")
 
@@ -25,6 +27,49 @@ def load_results(run: Path) -> list[dict[str, Any]]:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _pct_ci(x: float | None, ci: list[float] | None) -> str:
+    """A percentage with its bootstrap 95% interval over prompts, where one was recorded."""
+    if x is None or ci is None:
+        return _pct(x)
+    return format_interval(Interval(x, *ci))
+
+
+def _intervals(row: dict[str, Any], retain: list[str]) -> dict[str, Interval]:
+    """The row's accuracy-based metrics that carry an interval, by display name."""
+    ci = row.get("ci", {})
+    out = {}
+    for key, name in (("fe", "FE"), ("fe_phrasings", "FE held-out phrasings")):
+        if row.get(key) is not None and ci.get(key) is not None:
+            out[name] = Interval(row[key], *ci[key])
+    for t in retain:
+        if row["ru"].get(t) is not None and t in ci.get("ru", {}):
+            out[f"RU {t}"] = Interval(row["ru"][t], *ci["ru"][t])
+    return out
+
+
+def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
+    """Which changes from the original model exceed their spread (disjoint 95% intervals).
+
+    Everything not listed moved by less than its bootstrap interval over eval prompts: it is
+    not a measured difference, whatever the point values say.
+    """
+    original = next((r for r in rows if r["method"] == "original"), None)
+    if original is None:
+        return ""
+    base = _intervals(original, retain)
+    lines = []
+    for r in rows:
+        if r["method"] == "original":
+            continue
+        moved = [
+            f"{name} {100 * iv.value:.1f} vs {100 * base[name].value:.1f}"
+            for name, iv in _intervals(r, retain).items()
+            if name in base and separated(iv, base[name])
+        ]
+        lines.append(f"- {r['method']}: " + ("; ".join(moved) if moved else "none"))
+    return "\n".join(lines)
 
 
 def method_label(method: str, loss: str) -> str:
@@ -44,8 +89,12 @@ def results_table(rows: list[dict[str, Any]], retain: list[str], loss: str) -> s
         if r.get("finite") is False:
             label += " ⚠ broken (non-finite logits)"
         cells = [label, f"{100 * r['unlearned_ratio']:.2f}", str(r.get("steps", 0))]
-        cells += [_pct(r["fe"]), _pct(r.get("fe_phrasings"))]
-        cells += [_pct(r["ru"].get(t)) for t in retain]
+        ci = r.get("ci", {})
+        cells += [
+            _pct_ci(r["fe"], ci.get("fe")),
+            _pct_ci(r.get("fe_phrasings"), ci.get("fe_phrasings")),
+        ]
+        cells += [_pct_ci(r["ru"].get(t), ci.get("ru", {}).get(t)) for t in retain]
         cells += [_pct(r.get("gu")), f"{r['mia_auc']:.3f}", _pct(r["one_minus_rouge_l"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -220,7 +269,13 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         "is wrong, and the correct choice sits at a seeded random position. "
         "All in %. MIA: ROC-AUC of Min-20% Prob scores, forget text = members (label 1) against "
         "held-out text (label 0); 0.5 means the forget text looks unseen, above 0.5 that it still "
-        "looks memorized. Rouge-L: recall of greedy continuations against the forget answers.",
+        "looks memorized. Rouge-L: recall of greedy continuations against the forget answers. "
+        "Brackets: bootstrap 95% interval over the eval prompts (2,000 resamples, seeded).",
+        "",
+        "Changes from the original model larger than their spread (disjoint 95% intervals); "
+        "every other difference in the table is within the prompt-sampling noise:",
+        "",
+        spread_note(rows, retain),
         "",
         "![methods](methods.png)",
         "",

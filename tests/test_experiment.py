@@ -145,3 +145,21 @@ def test_stage_timings_are_recorded_apart_from_the_results(quick_run):
     assert "## Time per stage" in report and "| attribution |" in report
     for row in (quick_run / "results").glob("*.json"):
         assert "stages" not in json.loads(row.read_text())
+
+
+def test_report_shows_intervals_and_names_only_separated_changes():
+    from clue_mi.report import results_table, spread_note
+
+    base = {"unlearned_ratio": 0.0, "fe_phrasings": None, "gu": 0.5, "mia_auc": 0.5,
+            "one_minus_rouge_l": 0.3, "steps": 0}  # fmt: skip
+    original = {**base, "method": "original", "fe": 0.0, "ru": {"ioi": 1.0},
+                "ci": {"fe": [0.0, 0.0], "ru": {"ioi": [1.0, 1.0]}}}  # fmt: skip
+    # FE moved far beyond its interval; RU dipped, but its interval still reaches the original.
+    clue = {**base, "method": "clue", "fe": 0.6, "ru": {"ioi": 0.9},
+            "ci": {"fe": [0.45, 0.75], "ru": {"ioi": [0.8, 1.0]}}}  # fmt: skip
+    table = results_table([original, clue], ["ioi"], "po")
+    assert "| 60.0 [45.0, 75.0] |" in table and "| 90.0 [80.0, 100.0] |" in table
+    note = spread_note([original, clue], ["ioi"])
+    assert note == "- clue: FE 60.0 vs 0.0"
+    clue["ci"]["ru"]["ioi"] = [0.85, 0.95]
+    assert spread_note([original, clue], ["ioi"]) == "- clue: FE 60.0 vs 0.0; RU ioi 90.0 vs 100.0"
