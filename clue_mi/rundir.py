@@ -225,4 +225,3 @@ def record_environment(out: Path, log: Callable[[str], None], device: str | None
         )
     recorded.setdefault("resumed", []).append(now)
     write_json(path, recorded)
-

@@ -70,8 +70,9 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
     'bash scripts/test.sh -m "not integration"': ScriptSteps(["-m", "not integration"]),
     "clue-mi models": Run("clue-mi models", expect="tiny-llama"),
     "clue-mi tasks": Run("clue-mi tasks", expect="greater_than"),
+    # as written but with 8 + 8 prompts: 32 + 32 took 2 min under load
     "clue-mi discover --task ioi --direction noising --sparsity 0.95": Run(
-        "clue-mi discover --task ioi --direction noising --sparsity 0.95",
+        "clue-mi discover --task ioi --direction noising --sparsity 0.95 --n 8 --n-eval 8",
         expect="stored: ",
         integration=True,
     ),
