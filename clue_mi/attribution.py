@@ -202,6 +202,23 @@ def _cache_run(
 # -- gradient-based attribution ----------------------------------------------------------------
 
 
+def _gradient_recorder(
+    grads: Float[Tensor, "batch pos n_receivers d_model"], steps: int
+) -> ReceiverFn:
+    """Receiver hook that adds each receiver input's gradient, over ``steps``, into ``grads``."""
+
+    def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
+        # A fresh tensor, so the gradient is that of this receiver's input alone (an identity
+        # hook output can be the residual-stream tensor itself, e.g. at hook_mlp_in).
+        act = act.clone()
+        act.register_hook(
+            lambda g, s=slot: grads[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
+        )
+        return act
+
+    return on_receiver
+
+
 def _eap_batch(
     model,
     graph: ComputationGraph,
@@ -233,15 +250,7 @@ def _eap_batch(
     e_other = other_embed[0]
     start_embed: list[Tensor] = []
 
-    def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
-        # A fresh tensor, so the gradient is that of this receiver's input alone (an identity
-        # hook output can be the residual-stream tensor itself, e.g. at hook_mlp_in).
-        act = act.clone()
-        act.register_hook(
-            lambda g, s=slot: grads[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
-        )
-        return act
-
+    on_receiver = _gradient_recorder(grads, steps)
     for k in range(steps):
         alpha = k / steps
 
@@ -283,18 +292,7 @@ def _joint_eap_batch(
     grads = {d: torch.zeros(b, p, graph.n_receivers, graph.d_model, device=dev) for d in DIRECTIONS}
     embeds: dict[str, Tensor] = {}
     runs = {"noising": (clean, corrupted, -1.0), "denoising": (corrupted, clean, +1.0)}
-
-    def receiver_hook(direction: str) -> ReceiverFn:
-        buf = grads[direction]
-
-        def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
-            act = act.clone()  # as in _eap_batch: this receiver's input alone
-            act.register_hook(
-                lambda g, s=slot: buf[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
-            )
-            return act
-
-        return on_receiver
+    recorders = {d: _gradient_recorder(grads[d], steps) for d in DIRECTIONS}
 
     def step(direction: str, k: int) -> None:
         start, _, sign = runs[direction]
@@ -314,7 +312,7 @@ def _joint_eap_batch(
         record = _record_senders(diff, sign) if k == 0 else None
         embed = keep_start if k == 0 else interpolate
         logits = _forward(
-            model, graph, start, record, receiver_hook(direction), embed=embed, last_only=True
+            model, graph, start, record, recorders[direction], embed=embed, last_only=True
         )
         (_metric_sum(logits, choices, good) / n_total).backward()
 
