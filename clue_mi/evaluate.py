@@ -333,6 +333,10 @@ def greedy_continuations(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id,
+                # The bridge's attention ignores past key/values, so a cached step attends to the
+                # new token alone and is not greedy (measured: logit 1.53 chosen over 4.42).
+                # Recomputing the whole prefix each step is exact and cheap for 8 new tokens.
+                use_cache=False,
                 # Unset sampling defaults of the model's generation config (avoids warnings).
                 temperature=None,
                 top_p=None,
