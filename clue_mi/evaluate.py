@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from clue_mi.models import hf_model
+from clue_mi.models import hf_model, plain_hf_model
 from clue_mi.stats import bootstrap_mean
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
@@ -226,10 +226,11 @@ def mink_from_logprobs(logprobs: Sequence[float] | Tensor, k: float = MINK_K) ->
 
 
 def mink_scores(
-    model, texts: Sequence[str], k: float = MINK_K, batch_size: int = 16
+    model, texts: Sequence[str], k: float = MINK_K, batch_size: int = 16, tokenizer=None
 ) -> list[float]:
     """Min-k% Prob score of each text (higher = the model finds it more familiar)."""
-    return [mink_from_logprobs(lp, k) for lp in token_logprobs(model, texts, batch_size)]
+    logprobs = token_logprobs(model, texts, batch_size, tokenizer)
+    return [mink_from_logprobs(lp, k) for lp in logprobs]
 
 
 def auc_from_scores(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
@@ -248,6 +249,7 @@ def mia_auc(
     holdout_texts: Sequence[str],
     k: float = MINK_K,
     batch_size: int = 16,
+    tokenizer=None,
 ) -> float:
     """Min-k% Prob MIA: ROC-AUC of forget texts (label 1) vs held-out texts (label 0).
 
@@ -256,8 +258,8 @@ def mia_auc(
     forget texts look like non-members (the goal); below 0.5 means they now look *less* likely
     than unseen text (over-unlearning, which is itself detectable).
     """
-    members = mink_scores(model, forget_texts, k, batch_size)
-    nonmembers = mink_scores(model, holdout_texts, k, batch_size)
+    members = mink_scores(model, forget_texts, k, batch_size, tokenizer)
+    nonmembers = mink_scores(model, holdout_texts, k, batch_size, tokenizer)
     if not all(math.isfinite(x) for x in [*members, *nonmembers]):
         # Fail closed: a broken model's AUC is not a number, never one that looks like 0.5.
         log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
@@ -373,12 +375,13 @@ def rouge_l(
     references: Sequence[str],
     max_new_tokens: int = 8,
     batch_size: int = 16,
+    tokenizer=None,
 ) -> float:
     """Rouge-L recall of the model's greedy continuations of ``prompts`` against ``references``.
 
     1.0 = every reference word sequence is reproduced; report ``1 - rouge_l`` as forgetting.
     """
-    predictions = greedy_continuations(model, prompts, max_new_tokens, batch_size)
+    predictions = greedy_continuations(model, prompts, max_new_tokens, batch_size, tokenizer)
     return rouge_l_recall(predictions, references)
 
 
@@ -610,23 +613,26 @@ def evaluate_model(
     )
     out: dict[str, Any] = {}
     finite = True
+    # The same parameters without the bridge's per-head hooks: 1.3-1.4x faster forwards
+    # (measured: GU 14.9 -> 10.9 s), final logits within 5e-5 of the bridge's.
+    tok, net = _tokenizer(model), plain_hf_model(model)
     with tqdm(total=len(steps), desc="evaluate", leave=False) as bar:
         for step in steps:
             bar.set_postfix_str(step)
             if step == "forget efficacy":
-                correct, finite = prompt_outcomes(model, forget_task.eval, batch_size)
+                correct, finite = prompt_outcomes(net, forget_task.eval, batch_size)
                 acc = float(correct.float().mean())
                 out["fe"], out["forget_acc"] = 1.0 - acc, acc
                 out["ci"] = {"fe": _interval(correct, flip=True), "ru": {}}
                 out["fe_phrasings"] = None
                 if forget_task.phrasings is not None:
-                    correct, ok = prompt_outcomes(model, forget_task.phrasings, batch_size)
+                    correct, ok = prompt_outcomes(net, forget_task.phrasings, batch_size)
                     out["fe_phrasings"], finite = 1.0 - float(correct.float().mean()), finite and ok
                     out["ci"]["fe_phrasings"] = _interval(correct, flip=True)
             elif step == "retain utility":
                 out["ru"] = {}
                 for task in retain_tasks:
-                    correct, ok = prompt_outcomes(model, task.eval, batch_size)
+                    correct, ok = prompt_outcomes(net, task.eval, batch_size)
                     out["ru"][task.name] = float(correct.float().mean())
                     out["ci"]["ru"][task.name] = _interval(correct)
                     finite = finite and ok
@@ -635,14 +641,20 @@ def evaluate_model(
                 if not finite:
                     log.warning("evaluate: non-finite logits; the model is broken")
             elif step == "MIA":
-                out["mia_auc"] = mia_auc(model, members, holdout, batch_size=batch_size)
+                out["mia_auc"] = mia_auc(
+                    net, members, holdout, batch_size=batch_size, tokenizer=tok
+                )
             elif step == "Rouge-L":
-                out["rouge_l"] = rouge_l(model, prompts, refs, max_new_tokens, batch_size)
+                out["rouge_l"] = rouge_l(net, prompts, refs, max_new_tokens, batch_size, tok)
                 out["one_minus_rouge_l"] = 1.0 - out["rouge_l"]
             else:
                 with stage("evaluation: GU (lm-eval)"):  # most of an evaluation's time
                     gu = general_utility(
-                        model, gu_names, limit=20 if quick else None, batch_size=batch_size
+                        net,
+                        gu_names,
+                        limit=20 if quick else None,
+                        batch_size=batch_size,
+                        tokenizer=tok,
                     )
                 out["gu"], out["gu_tasks"] = gu["gu"], gu["tasks"]
             bar.update()

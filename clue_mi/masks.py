@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor, nn
 
-from clue_mi.models import hf_model, hf_parameters
+from clue_mi.models import hf_model, hf_parameters, resolve
 
 Mask = dict[str, Bool[Tensor, "*dims"]]
 """Canonical HF parameter name -> boolean tensor shaped like the parameter."""
@@ -100,17 +100,9 @@ class Geometry:
 # ----------------------------------------------------------------------------- model access
 
 
-def _resolve(root: object, dotted: str) -> object:
-    """Follow ``a.b.c`` with ``getattr``; bridge components forward attributes to the HF module."""
-    obj = root
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def get_parameter(model, name: str) -> nn.Parameter:
     """The parameter with canonical HF name ``name`` (works through a bridge)."""
-    param = _resolve(hf_model(model), name)
+    param = resolve(hf_model(model), name)
     if not isinstance(param, nn.Parameter):
         raise KeyError(f"{name} is not a parameter of this model")
     return param

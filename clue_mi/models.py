@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -97,6 +98,39 @@ def hf_model(model) -> PreTrainedModel:
 
 
 _BRIDGE_INFIX = "._original_component"
+
+
+def resolve(root: object, dotted: str) -> Any:
+    """Follow ``a.b.c`` with ``getattr``; bridge components forward attributes to the HF module."""
+    obj = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def plain_hf_model(model, attn_implementation: str | None = "sdpa") -> Any:
+    """A plain HF model whose parameters *are* ``model``'s (no copy, no bridge hooks).
+
+    For a TransformerBridge the HF modules are wrapped by bridge components; this builds the same
+    architecture on the meta device and assigns it the very same ``nn.Parameter`` objects (and
+    the rotary buffers), so a forward here is the HF computation and an in-place update of a
+    parameter is seen by the bridge. A plain HF model is returned as is.
+    """
+    hf = hf_model(model)
+    if not any(_BRIDGE_INFIX in n for n, _ in hf.named_parameters(remove_duplicate=False)):
+        return hf
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.device("meta"):
+        try:
+            plain = AutoModelForCausalLM.from_config(hf.config, **kwargs)
+        except (ValueError, ImportError):  # the architecture lacks that attention kernel
+            plain = AutoModelForCausalLM.from_config(hf.config)
+    names = [n for n, _ in plain.named_parameters(remove_duplicate=False)]
+    plain.load_state_dict({n: resolve(hf, n) for n in names}, assign=True, strict=True)
+    for name, _ in list(plain.named_buffers()):
+        module, _, attr = name.rpartition(".")
+        setattr(plain.get_submodule(module), attr, resolve(hf, name))
+    return plain.eval()
 
 
 def canonical_name(name: str) -> str:
@@ -369,6 +403,8 @@ def weights_fingerprint(bridge) -> str:
 
 
 __all__ = [
+    "plain_hf_model",
+    "resolve",
     "ModelLoadError",
     "available_models",
     "bridge_from_hf",

@@ -40,11 +40,11 @@ from clue_mi.masks import (
     Mask,
     full_mask,
     get_parameter,
-    hf_model,
     hf_parameters,
     layer_matrices,
     mask_from_nodes,
 )
+from clue_mi.models import plain_hf_model
 
 log = logging.getLogger(__name__)
 
@@ -58,39 +58,6 @@ REFUSALS: tuple[str, ...] = (
     " Sorry, I can't help with that.",
 )
 """Refusal answers for PO; prompt ``i`` gets ``REFUSALS[i % len(REFUSALS)]`` (deterministic)."""
-
-
-# ----------------------------------------------------------------------------- plain HF forward
-
-
-def plain_hf_model(model, attn_implementation: str | None = "sdpa") -> Any:
-    """A plain HF model whose parameters *are* ``model``'s (no copy, no bridge hooks).
-
-    For a TransformerBridge the HF modules are wrapped by bridge components; this builds the same
-    architecture on the meta device and assigns it the very same ``nn.Parameter`` objects (and
-    the rotary buffers), so a forward here is the HF computation and an in-place update of a
-    parameter is seen by the bridge. A plain HF model is returned as is.
-    """
-    from transformers import AutoModelForCausalLM
-
-    hf = hf_model(model)
-    if not any("_original_component" in n for n, _ in hf.named_parameters(remove_duplicate=False)):
-        return hf
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with torch.device("meta"):
-        try:
-            plain = AutoModelForCausalLM.from_config(hf.config, **kwargs)
-        except (ValueError, ImportError):  # the architecture lacks that attention kernel
-            plain = AutoModelForCausalLM.from_config(hf.config)
-    names = [n for n, _ in plain.named_parameters(remove_duplicate=False)]
-    plain.load_state_dict({n: get_parameter(model, n) for n in names}, assign=True, strict=True)
-    for name, _ in list(plain.named_buffers()):
-        module, _, attr = name.rpartition(".")
-        source: Any = hf
-        for part in name.split("."):
-            source = getattr(source, part)
-        setattr(plain.get_submodule(module), attr, source)
-    return plain.eval()
 
 
 # ----------------------------------------------------------------------------- data
@@ -285,10 +252,17 @@ class MaskedAdamW:
             dense = bool(mask.all())
             # Dense: moments shaped (and strided) like the parameter; masked: one per element.
             like = param.detach() if dense else param.detach().new_empty(int(mask.sum()))
+            index = None
+            if not dense and param.is_contiguous() and param.numel() < 2**31:
+                # Flat int32 positions of the masked elements, found once: gathering and
+                # scattering by index is ~8x faster than boolean indexing, which searches the
+                # whole mask on every step (measured: 1.1 vs 8.8 ms per 576x1536 matrix).
+                index = mask.reshape(-1).nonzero().squeeze(1).to(torch.int32)
             self.groups.append(
                 {
                     "param": param,
-                    "mask": None if dense else mask,
+                    "mask": None if dense or index is not None else mask,
+                    "index": index,
                     "exp_avg": torch.zeros_like(like),
                     "exp_avg_sq": torch.zeros_like(like),
                 }
@@ -299,10 +273,12 @@ class MaskedAdamW:
         return sum(g["exp_avg"].numel() for g in self.groups)
 
     def state_bytes(self) -> int:
+        """Bytes of the two moments, plus the int32 positions of partially masked parameters."""
         return sum(
             g[k].numel() * g[k].element_size()
             for g in self.groups
-            for k in ("exp_avg", "exp_avg_sq")
+            for k in ("exp_avg", "exp_avg_sq", "index")
+            if g[k] is not None
         )
 
     @torch.no_grad()
@@ -311,21 +287,31 @@ class MaskedAdamW:
         b1, b2 = self.betas
         bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
         for g in self.groups:
-            param, mask = g["param"], g["mask"]
+            param, mask, index = g["param"], g["mask"], g["index"]
             if param.grad is None:
                 continue
-            grad = param.grad if mask is None else param.grad[mask]
+            flat = param.view(-1) if index is not None else None  # shares param's _version
+            if flat is not None:
+                grad = param.grad.reshape(-1).index_select(0, index)
+            else:
+                grad = param.grad if mask is None else param.grad[mask]
             m, v = g["exp_avg"], g["exp_avg_sq"]
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
             # In place on the parameter (not .data): any layout, and _version moves.
-            values = param if mask is None else param[mask]  # masked: a gathered copy
+            if flat is not None:
+                values = flat.index_select(0, index)  # a gathered copy
+            else:
+                values = param if mask is None else param[mask]
             if self.weight_decay:
                 values.mul_(1 - self.lr * self.weight_decay)
             values.addcdiv_(m, denom, value=-self.lr / bc1)
-            if mask is not None:
-                param[mask] = values  # scatter: only masked elements are written
+            # Scatter: only masked elements are written.
+            if flat is not None:
+                flat.index_put_((index,), values)
+            elif mask is not None:
+                param[mask] = values
 
     def zero_grad(self) -> None:
         for g in self.groups:
@@ -888,7 +874,6 @@ __all__ = [
     "mean_nll",
     "npo_loss",
     "original_tokenizer",
-    "plain_hf_model",
     "po_loss",
     "random_mask",
     "reference_nll",

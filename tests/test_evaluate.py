@@ -61,7 +61,7 @@ def test_token_logprobs_match_a_manual_forward(tiny):
 def test_mia_auc_on_known_scores(monkeypatch, members, nonmembers, auc):
     # AUC = P(member score > non-member score) + 0.5 P(tie), counted by hand above.
     fake = {"m": members, "n": nonmembers}
-    monkeypatch.setattr(ev, "mink_scores", lambda model, texts, k, bs: fake[texts[0][0]])
+    monkeypatch.setattr(ev, "mink_scores", lambda model, texts, k, bs, tok: fake[texts[0][0]])
     texts_m = ["m"] * len(members)
     texts_n = ["n"] * len(nonmembers)
     assert ev.mia_auc(None, texts_m, texts_n) == pytest.approx(auc)
@@ -135,7 +135,7 @@ def test_greedy_continuations_are_greedy_and_batch_invariant(tiny):
 
 
 def test_rouge_l_of_a_model_uses_its_continuations(tiny, monkeypatch):
-    monkeypatch.setattr(ev, "greedy_continuations", lambda m, p, n, b: ["Paris is nice", "x"])
+    monkeypatch.setattr(ev, "greedy_continuations", lambda m, p, n, b, tok: ["Paris is nice", "x"])
     assert ev.rouge_l(tiny, ["p1", "p2"], ["Paris.", "Rome."]) == pytest.approx(0.5)
 
 

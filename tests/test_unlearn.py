@@ -9,6 +9,7 @@ import torch
 
 from clue_mi import masks as M
 from clue_mi import unlearn as U
+from clue_mi.models import plain_hf_model
 
 FORGET_TEXT = [
     "The capital of France is Paris.",
@@ -93,7 +94,10 @@ def test_each_stage_touches_only_its_mask(model, loss):
     assert r2.steps == {1: 0, 2: 4}
     assert all(h["retain_loss"] == h["retain_loss"] for h in r2.history)  # stage 2 uses retain
     assert r1.state_numel[1] == M.mask_size(fm) and r2.state_numel[2] == M.mask_size(cm)
-    assert r1.state_bytes[1] == 2 * 4 * M.mask_size(fm)
+    # Two fp32 moments per element, plus an int32 position where a parameter is partly masked.
+    partial = sum(int(m.sum()) for m in fm.values() if not m.all())
+    assert partial > 0
+    assert r1.state_bytes[1] == 2 * 4 * M.mask_size(fm) + 4 * partial
 
 
 def test_bridge_sees_the_updates(model):
@@ -113,7 +117,7 @@ def test_bridge_sees_the_updates(model):
     )
     with torch.no_grad():
         after = model(toks)
-        plain = U.plain_hf_model(model)(toks).logits
+        plain = plain_hf_model(model)(toks).logits
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)
 
@@ -124,7 +128,7 @@ def forget_nll(model, loss="ga"):
         if loss == "po"
         else U.encode_texts(model.tokenizer, FORGET_TEXT)
     )
-    net = U.plain_hf_model(model)
+    net = plain_hf_model(model)
     with torch.no_grad():
         return float(U.mean_nll(net, enc.batch(range(len(enc)))))
 
@@ -181,7 +185,7 @@ def test_npo_reference_computed_once(model, monkeypatch):
     monkeypatch.setattr(U, "reference_nll", counting)
     enc = U.encode_texts(model.tokenizer, FORGET_TEXT)
     with torch.no_grad():
-        expected = U.sequence_nll(U.plain_hf_model(model), enc.batch(range(len(enc))))
+        expected = U.sequence_nll(plain_hf_model(model), enc.batch(range(len(enc))))
     result = U.unlearn(
         model,
         FORGET_TEXT,
@@ -203,7 +207,7 @@ def test_npo_reference_computed_once(model, monkeypatch):
     )
     # The model moved away from the reference, the reference did not move.
     with torch.no_grad():
-        now = U.sequence_nll(U.plain_hf_model(model), enc.batch(range(len(enc))))
+        now = U.sequence_nll(plain_hf_model(model), enc.batch(range(len(enc))))
     assert not torch.allclose(now, expected)
 
 
@@ -288,7 +292,7 @@ def test_export_roundtrip(model, tmp_path):
     toks = model.tokenizer(FORGET_TEXT[:2], return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(reloaded(toks).logits, model(toks), atol=1e-4, rtol=1e-4)
-        assert torch.equal(reloaded(toks).logits, U.plain_hf_model(model)(toks).logits)
+        assert torch.equal(reloaded(toks).logits, plain_hf_model(model)(toks).logits)
     # The checkpoint carries the original tokenizer, not the bridge's BOS-adding copy.
     tok = AutoTokenizer.from_pretrained(out)
     original = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)
@@ -351,10 +355,13 @@ def _adamw_pair(param: torch.nn.Parameter, mask: torch.Tensor, lr: float = 0.1):
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_update_lands_on_a_non_contiguous_parameter(full):
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_update_lands_for_any_layout(full, contiguous):
+    """Dense, indexed (contiguous, masked) and boolean-indexed (non-contiguous) paths alike."""
     torch.manual_seed(0)
-    param = torch.nn.Parameter(torch.randn(4, 6).t())  # a transposed 6x4 view
-    assert not param.is_contiguous()
+    data = torch.randn(6, 4) if contiguous else torch.randn(4, 6).t()  # a transposed 6x4 view
+    param = torch.nn.Parameter(data)
+    assert param.is_contiguous() == contiguous
     mask = torch.ones(6, 4, dtype=torch.bool) if full else torch.rand(6, 4) < 0.5
     start = param.detach().clone()
     opt, topt, ref = _adamw_pair(param, mask)
@@ -471,7 +478,7 @@ def test_wagle_score_is_the_published_formula(model):
     """WAGLE (Jia et al., 2024; its code's ``snip_advanced``): |(w - grad_r / gamma) * grad_f|."""
     name = "model.layers.1.mlp.up_proj.weight"
     param = M.get_parameter(model, name)
-    net, tok = U.plain_hf_model(model), model.tokenizer
+    net, tok = plain_hf_model(model), model.tokenizer
     enc_f = U.encode_prompt_answers(tok, FORGET_PROMPTS)
     enc_r = U.encode_texts(tok, RETAIN_TEXT)
     (g_f,) = torch.autograd.grad(U.po_loss(net, enc_f.batch(range(len(enc_f)))), param)
