@@ -36,7 +36,7 @@ def _pct_ci(x: float | None, ci: list[float] | None) -> str:
     return format_interval(Interval(x, *ci))
 
 
-def _intervals(row: dict[str, Any], retain: list[str]) -> dict[str, Interval]:
+def accuracy_intervals(row: dict[str, Any], retain: list[str]) -> dict[str, Interval]:
     """The row's accuracy-based metrics that carry an interval, by display name."""
     ci = row.get("ci", {})
     out = {}
@@ -58,14 +58,14 @@ def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
     original = next((r for r in rows if r["method"] == "original"), None)
     if original is None:
         return ""
-    base = _intervals(original, retain)
+    base = accuracy_intervals(original, retain)
     lines = []
     for r in rows:
         if r["method"] == "original":
             continue
         moved = [
             f"{name} {100 * iv.value:.1f} vs {100 * base[name].value:.1f}"
-            for name, iv in _intervals(r, retain).items()
+            for name, iv in accuracy_intervals(r, retain).items()
             if name in base and separated(iv, base[name])
         ]
         lines.append(f"- {r['method']}: " + ("; ".join(moved) if moved else "none"))
