@@ -96,6 +96,12 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
     "python benchmarks/circuit_table.py runs/default": Run(
         "python benchmarks/circuit_table.py {smoke}", expect="| capitals | noising |"
     ),
+    # two run folders of the README's own runs; a fresh clone has the smoke run: compare it
+    # with itself (no cell can differ).
+    "python benchmarks/compare_runs.py runs/default runs/default_bf16": Run(
+        "python benchmarks/compare_runs.py {smoke} {smoke}",
+        expect="0 accuracy cell(s) differ beyond their 95% intervals",
+    ),
     "python benchmarks/bench_run.py": Covered(
         "tests/test_bench_run.py::test_bench_run_quick_prints_stages_and_floor"
     ),
