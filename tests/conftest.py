@@ -20,6 +20,20 @@ def tiny():
     return load_model("tiny-llama", device="cpu")
 
 
+@pytest.fixture
+def restored_tiny(tiny):
+    """The session's tiny model, every weight restored after the test (for tests that train)."""
+    import torch
+
+    from clue_mi.masks import hf_parameters
+
+    saved = {n: p.detach().clone() for n, p in hf_parameters(tiny).items()}
+    yield tiny
+    with torch.no_grad():
+        for n, p in hf_parameters(tiny).items():
+            p.copy_(saved[n])
+
+
 @pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2-135M-Instruct (dequantized once, then cached)."""

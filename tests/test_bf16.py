@@ -13,12 +13,9 @@ RETAIN = ["When Mary and John went to the store, John gave a drink to Mary."]
 
 
 @pytest.fixture
-def model(tiny):
-    saved = {n: p.detach().clone() for n, p in M.hf_parameters(tiny).items()}
-    yield tiny
-    with torch.no_grad():
-        for n, p in M.hf_parameters(tiny).items():
-            p.copy_(saved[n])
+def model(restored_tiny):
+    """The session's tiny model, restored after each test (conftest)."""
+    return restored_tiny
 
 
 def _train(model, bf16: bool):

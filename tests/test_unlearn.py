@@ -31,13 +31,9 @@ CONFLICT_NODES = ["a0.h2", "a1.g1.v"]
 
 
 @pytest.fixture
-def model(tiny):
-    """The session's tiny model, with every weight restored after the test."""
-    saved = {n: p.detach().clone() for n, p in M.hf_parameters(tiny).items()}
-    yield tiny
-    with torch.no_grad():
-        for n, p in M.hf_parameters(tiny).items():
-            p.copy_(saved[n])
+def model(restored_tiny):
+    """The session's tiny model, restored after each test (conftest)."""
+    return restored_tiny
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
