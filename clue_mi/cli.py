@@ -206,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
-    from clue_mi.experiment import METHODS
+    from clue_mi.experiment import FINETUNE, METHODS
 
     p.add_argument("--loss", default="po", choices=["po", "ga", "npo"], help="forget loss")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (%(default)s)")
@@ -221,7 +221,13 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lam", type=float, default=1.0, help="weight of the retain loss (stage 2)")
     p.add_argument("--train-batch-size", type=int, default=8)
-    p.add_argument("--methods", type=_csv, default=METHODS, help="comma-separated (%(default)s)")
+    p.add_argument(
+        "--methods",
+        type=_csv,
+        default=METHODS,
+        help="comma-separated (default: %(default)s); also the paper's fine-tuning rows "
+        f"{', '.join(FINETUNE)}: that loss on all weights, alone or + retain loss",
+    )
     p.add_argument(
         "--quick",
         action="store_true",

@@ -66,6 +66,15 @@ from clue_mi.unlearn import (
 
 # CLUE first (its mask sizes the random and WAGLE baselines), then the baselines of DESIGN §8.
 METHODS = ("clue", "full", "wagle", "random", "entangled")
+# The paper's fine-tuning rows (DESIGN §8): each forget loss on all weights, alone and with
+# + lam * retain loss, whatever the run's own ``loss``. Opt-in (``--methods``); "full" is the
+# run's loss with the retain loss, so e.g. "po_retain" repeats it in a PO run.
+FINETUNE: dict[str, tuple[LossName, bool]] = {
+    f"{loss}{suffix}": (loss, suffix == "_retain")
+    for loss in ("ga", "npo", "po")
+    for suffix in ("", "_retain")
+}
+KNOWN_METHODS = METHODS + tuple(FINETUNE)
 EXPLAINED = 3  # conflict nodes whose explanation the report shows
 METHOD_LABELS = {
     "original": "Original model",
@@ -75,6 +84,11 @@ METHOD_LABELS = {
     "wagle": "WAGLE mask (same size)",
     "random": "Random mask (same size)",
     "entangled": "Forget-circuit nodes (entangled)",
+    **{
+        name: f"{loss.upper()} on all weights"
+        + (" + retain loss" if with_retain else ", forget loss only")
+        for name, (loss, with_retain) in FINETUNE.items()
+    },
 }
 
 
@@ -100,9 +114,9 @@ class RunConfig:
     bf16: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in KNOWN_METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(KNOWN_METHODS)}")
         if self.loss not in ("ga", "npo", "po"):
             raise ValueError(f"unknown loss {self.loss!r}; choose ga, npo or po")
         self.methods = tuple(self.methods)
@@ -320,7 +334,18 @@ def run_method(
         loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size, bf16=cfg.bf16
     )
     start = time.perf_counter()
-    if method == "clue":
+    if method in FINETUNE:  # the paper's rows: one loss on every weight, retain loss or not
+        loss, with_retain = FINETUNE[method]
+        common.update(loss=loss, lam=cfg.lam if with_retain else 0.0)
+        forget = forget_data(forget_task, loss)  # prompts for PO, sentences for GA / NPO
+        mask = baseline_mask(model, "all")
+        with stage(f"{method}: training"):
+            result = unlearn_baseline(
+                model, forget, retain, mask, epochs=sum(cfg.epochs), seed=cfg.pipeline.seed,
+                **common,
+            )  # fmt: skip
+        used = [mask]
+    elif method == "clue":
         with stage("clue: training"):
             result = unlearn(
                 model,

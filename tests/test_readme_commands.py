@@ -85,6 +85,10 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
         "--out {tmp}/unlearned --quick --model tiny-llama",
         expect="unlearned model written to",
     ),
+    "clue-mi run --methods clue,ga,npo,po,ga_retain,npo_retain,po_retain": Covered(
+        "tests/test_finetune_rows.py::test_each_row_trains_its_own_loss_on_every_weight",
+        example="clue-mi run --methods clue,ga,npo,po,ga_retain,npo_retain,po_retain",
+    ),
     "clue-mi run --resume DIR": Covered(
         "tests/test_bad_inputs.py::test_run_killed_in_training_resumes_to_the_same_table",
         example="clue-mi run --resume runs/run-20261201-000000",
