@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -61,10 +61,12 @@ LOCAL_GU_TASKS: tuple[str, ...] = (
 """Offline general-utility tasks shipped in ``clue_mi/lm_eval_tasks`` (see ``make_data.py``)."""
 
 MINK_K = 0.2
+MIA_TIE = 1e-4  # log-prob gap below which a member / non-member pair counts as tied
 
 # Held-out (non-member) text for the default MIA: capitals-style sentences about countries that
 # are NOT in the forget task's country list, so they share its template and style but are never
-# unlearned. The untouched model's AUC is the reference: unlearning should move it toward 0.5.
+# unlearned. The untouched SmolLM2-135M scores 0.73 (answer span): the forget list's capitals are
+# better known than these. Compare an unlearned model with that, not with 0.5.
 HOLDOUT_CAPITALS: dict[str, str] = {
     "Brazil": "Brasilia", "South Africa": "Pretoria", "New Zealand": "Wellington",
     "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "Ecuador": "Quito",
@@ -225,12 +227,53 @@ def mink_from_logprobs(logprobs: Sequence[float] | Tensor, k: float = MINK_K) ->
     return float(values.sort().values[:count].mean())
 
 
+def answer_start(text: str) -> int:
+    """Character offset where a capitals sentence's answer starts (after its template prompt),
+    or 0 for a text in no capitals template (then the whole text is scored)."""
+    template = _template_of(text)
+    if template is None:
+        return 0
+    head, tail = template.split("{}")
+    return text.index(tail, len(head)) + len(tail)
+
+
+def answer_logprobs(
+    model, texts: Sequence[str], batch_size: int = 16, tokenizer=None
+) -> list[Float[Tensor, " tokens"]]:
+    """Per text, the log-probs of its answer tokens only (see :func:`answer_start`).
+
+    The prompt is tokenized alone; where its tokens are not a prefix of the text's (a merge
+    across the boundary), the answer starts at the first token that differs.
+    """
+    tok = _tokenizer(model, tokenizer)
+    out = []
+    for text, lp in zip(texts, token_logprobs(model, texts, batch_size, tok), strict=True):
+        start = answer_start(text)
+        if start == 0:
+            out.append(lp)
+            continue
+        full = tok(text)["input_ids"]
+        prompt = tok(text[:start])["input_ids"]
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(full, prompt, strict=False)) if a != b),
+            min(len(full), len(prompt)),
+        )
+        out.append(lp[max(shared, 1) - 1 :])  # lp[i] is the log-prob of token i + 1
+    return out
+
+
 def mink_scores(
-    model, texts: Sequence[str], k: float = MINK_K, batch_size: int = 16, tokenizer=None
+    model,
+    texts: Sequence[str],
+    k: float = MINK_K,
+    batch_size: int = 16,
+    tokenizer=None,
+    span: Literal["answer", "text"] = "answer",
 ) -> list[float]:
-    """Min-k% Prob score of each text (higher = the model finds it more familiar)."""
-    logprobs = token_logprobs(model, texts, batch_size, tokenizer)
-    return [mink_from_logprobs(lp, k) for lp in logprobs]
+    """Min-k% Prob score of each text (higher = the model finds it more familiar), over its
+    answer tokens (``span="answer"``, capitals sentences; others whole) or every token."""
+    scorer = answer_logprobs if span == "answer" else token_logprobs
+    return [mink_from_logprobs(lp, k) for lp in scorer(model, texts, batch_size, tokenizer)]
 
 
 def auc_from_scores(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
@@ -243,6 +286,36 @@ def auc_from_scores(member_scores: Sequence[float], nonmember_scores: Sequence[f
     return float(roc_auc_score(labels, [*member_scores, *nonmember_scores]))
 
 
+def tied_fraction(
+    member_scores: Sequence[float], nonmember_scores: Sequence[float], tol: float = MIA_TIE
+) -> float:
+    """Fraction of member / non-member pairs whose scores are within ``tol``: pairs that float
+    noise, not the model, orders (the AUC counts exact ties as half)."""
+    m = torch.tensor(list(member_scores), dtype=torch.float64)
+    n = torch.tensor(list(nonmember_scores), dtype=torch.float64)
+    return float(((m[:, None] - n[None, :]).abs() <= tol).double().mean())
+
+
+def mia(
+    model,
+    forget_texts: Sequence[str],
+    holdout_texts: Sequence[str],
+    k: float = MINK_K,
+    batch_size: int = 16,
+    tokenizer=None,
+    span: Literal["answer", "text"] = "answer",
+) -> tuple[float, float]:
+    """Min-k% Prob MIA: (ROC-AUC of forget texts (label 1) vs held-out texts (label 0), the
+    fraction of tied pairs). See :func:`mia_auc`."""
+    members = mink_scores(model, forget_texts, k, batch_size, tokenizer, span=span)
+    nonmembers = mink_scores(model, holdout_texts, k, batch_size, tokenizer, span=span)
+    if not all(math.isfinite(x) for x in [*members, *nonmembers]):
+        # Fail closed: a broken model's AUC is not a number, never one that looks like 0.5.
+        log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
+        return float("nan"), float("nan")
+    return auc_from_scores(members, nonmembers), tied_fraction(members, nonmembers)
+
+
 def mia_auc(
     model,
     forget_texts: Sequence[str],
@@ -250,21 +323,21 @@ def mia_auc(
     k: float = MINK_K,
     batch_size: int = 16,
     tokenizer=None,
+    span: Literal["answer", "text"] = "answer",
 ) -> float:
     """Min-k% Prob MIA: ROC-AUC of forget texts (label 1) vs held-out texts (label 0).
 
-    Score = Min-k% log-prob, higher = more likely a member. Sign convention: 1.0 means every
-    forget text looks more familiar than every held-out text; about 0.5 after unlearning means
-    forget texts look like non-members (the goal); below 0.5 means they now look *less* likely
-    than unseen text (over-unlearning, which is itself detectable).
+    Score = Min-k% log-prob of the *answer* (``span="answer"``: the tokens after a capitals
+    template's prompt, e.g. " Paris."), higher = more likely a member. The answer is what
+    unlearning removes; the template tokens, shared by members and held-out text, otherwise
+    make up the lowest 20% of a short sentence and leave the ranking to float noise
+    (``span="text"`` is the whole-sentence score, for comparison). Sign convention: 1.0 means
+    every forget answer looks more familiar than every held-out one; 0.5, no difference; below
+    0.5, the forget answers look *less* likely than unseen ones (the fact was pushed down).
+    The reference is the untouched model (0.73 for SmolLM2-135M on the default capitals sets,
+    whose forget countries are the better known): unlearning should move it down.
     """
-    members = mink_scores(model, forget_texts, k, batch_size, tokenizer)
-    nonmembers = mink_scores(model, holdout_texts, k, batch_size, tokenizer)
-    if not all(math.isfinite(x) for x in [*members, *nonmembers]):
-        # Fail closed: a broken model's AUC is not a number, never one that looks like 0.5.
-        log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
-        return float("nan")
-    return auc_from_scores(members, nonmembers)
+    return mia(model, forget_texts, holdout_texts, k, batch_size, tokenizer, span)[0]
 
 
 def holdout_capital_texts(
@@ -592,7 +665,8 @@ def evaluate_model(
 
     Returns keys ``fe``, ``forget_acc``, ``fe_phrasings`` (FE on held-out phrasings of the
     eval facts; None when the forget task has none), ``ru`` (per task), ``ru_mean``, ``gu``,
-    ``gu_tasks``, ``mia_auc``, ``rouge_l``, ``one_minus_rouge_l``, ``finite`` (every eval logit
+    ``gu_tasks``, ``mia_auc``, ``mia_ties`` (fraction of member / non-member pairs within
+    :data:`MIA_TIE`), ``rouge_l``, ``one_minus_rouge_l``, ``finite`` (every eval logit
     finite; False marks a broken model, whose accuracies are 0 and MIA NaN), ``ci`` (bootstrap
     95% intervals over eval prompts: ``fe``, ``fe_phrasings`` and ``ru`` per task, each
     ``[low, high]``, see :mod:`clue_mi.stats`), ``seconds``.
@@ -641,7 +715,7 @@ def evaluate_model(
                 if not finite:
                     log.warning("evaluate: non-finite logits; the model is broken")
             elif step == "MIA":
-                out["mia_auc"] = mia_auc(
+                out["mia_auc"], out["mia_ties"] = mia(
                     net, members, holdout, batch_size=batch_size, tokenizer=tok
                 )
             elif step == "Rouge-L":
@@ -686,7 +760,10 @@ __all__ = [
     "logits_are_finite",
     "fail_closed_value",
     "scored_accuracy",
+    "mia",
     "mia_auc",
+    "answer_logprobs",
+    "tied_fraction",
     "mink_from_logprobs",
     "mink_scores",
     "prompt_outcomes",

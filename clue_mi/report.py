@@ -72,6 +72,16 @@ def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
     return "\n".join(lines)
 
 
+def mia_ties_note(rows: list[dict[str, Any]]) -> str:
+    """One sentence on MIA ties: the largest fraction of member / non-member pairs whose scores
+    are within 1e-4 (float noise orders them), so a reader can tell whether the AUC is solid."""
+    ties = [r["mia_ties"] for r in rows if r.get("mia_ties") is not None]
+    ties = [x for x in ties if x == x]  # a broken model's NaN says nothing about ties
+    if not ties:
+        return ""
+    return f"Tied MIA pairs (within 1e-4): at most {100 * max(ties):.1f}% in any row. "
+
+
 def method_label(method: str, loss: str) -> str:
     from clue_mi.experiment import METHOD_LABELS
 
@@ -267,9 +277,12 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         "RU = accuracy on each retain task's held-out prompts; GU = mean accuracy over the "
         "lm-evaluation-harness tasks. Accuracies fail closed: a non-finite or tied top choice "
         "is wrong, and the correct choice sits at a seeded random position. "
-        "All in %. MIA: ROC-AUC of Min-20% Prob scores, forget text = members (label 1) against "
-        "held-out text (label 0); 0.5 means the forget text looks unseen, above 0.5 that it still "
-        "looks memorized. Rouge-L: recall of greedy continuations against the forget answers. "
+        "All in %. MIA: ROC-AUC of Min-20% Prob scores over each sentence's answer tokens "
+        "(the capital after the template), forget text = members (label 1) against held-out "
+        "text in the same templates (label 0); above 0.5 the forget answers look more familiar "
+        "than unseen ones, below 0.5 less; compare with the original model's row, not with 0.5. "
+        f"{mia_ties_note(rows)}"
+        "Rouge-L: recall of greedy continuations against the forget answers. "
         "Brackets: bootstrap 95% interval over the eval prompts (2,000 resamples, seeded).",
         "",
         "Changes from the original model larger than their spread (disjoint 95% intervals); "

@@ -61,11 +61,54 @@ def test_token_logprobs_match_a_manual_forward(tiny):
 def test_mia_auc_on_known_scores(monkeypatch, members, nonmembers, auc):
     # AUC = P(member score > non-member score) + 0.5 P(tie), counted by hand above.
     fake = {"m": members, "n": nonmembers}
-    monkeypatch.setattr(ev, "mink_scores", lambda model, texts, k, bs, tok: fake[texts[0][0]])
+    monkeypatch.setattr(ev, "mink_scores", lambda model, texts, k, bs, tok, span: fake[texts[0][0]])
     texts_m = ["m"] * len(members)
     texts_n = ["n"] * len(nonmembers)
     assert ev.mia_auc(None, texts_m, texts_n) == pytest.approx(auc)
     assert ev.auc_from_scores(members, nonmembers) == pytest.approx(auc)
+
+
+def test_tied_fraction_counts_pairs_within_the_tolerance():
+    # pairs: (-1, -1.00005) tied, (-1, -2) not, (-3, -1.00005) not, (-3, -2) not -> 1 of 4
+    assert ev.tied_fraction([-1.0, -3.0], [-1.00005, -2.0]) == pytest.approx(0.25)
+    assert ev.tied_fraction([-1.0], [-1.001]) == 0.0  # 1e-3 apart: ordered, not tied
+
+
+def test_answer_span_scores_only_the_answer(tiny):
+    text = "The capital of Spain is the city of Madrid."
+    assert text[ev.answer_start(text) :] == " Madrid."
+    assert ev.answer_start("no template here") == 0
+    whole = ev.token_logprobs(tiny, [text, "no template here"])
+    answer = ev.answer_logprobs(tiny, [text, "no template here"])
+    n_answer = len(tiny.tokenizer(text)["input_ids"]) - len(
+        tiny.tokenizer("The capital of Spain is the city of")["input_ids"]
+    )
+    assert 0 < n_answer == answer[0].numel() < whole[0].numel()
+    assert torch.equal(answer[0], whole[0][-n_answer:])  # the last tokens: " Madrid", "."
+    assert torch.equal(answer[1], whole[1])  # outside the templates: the whole text
+
+
+def test_mia_of_a_model_trained_on_the_forget_texts_is_clearly_above_half(restored_tiny):
+    """The guard DESIGN §9 / issue 11 ask for: memorized forget text must read as members."""
+    from clue_mi import tasks
+    from clue_mi.unlearn import encode_texts, mean_nll
+
+    model = restored_tiny
+    forget = tasks.get("capitals", model, n=8, n_eval=8)
+    members = forget.train_text + forget.eval_text
+    holdout = ev.holdout_capital_texts(like=members)
+    before = ev.mia_auc(model, members, holdout)
+    net = model.original_model
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    batch = encode_texts(model.tokenizer, members).batch(list(range(len(members))))
+    for _ in range(30):  # plain fine-tuning on the member sentences
+        loss = mean_nll(net, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after, ties = ev.mia(model, members, holdout)
+    assert after > 0.9 and after > before + 0.2, (before, after)
+    assert ties < 0.05
 
 
 def test_mia_auc_on_a_model_scores_each_text_by_mink(tiny):
@@ -263,11 +306,14 @@ def test_embedded_model_knows_capitals(smol):
     assert fe < 0.3, fe  # accuracy > 0.7 against a chance of 0.25
     prompts, refs = ev.continuation_references(forget)
     assert ev.rouge_l(smol, prompts, refs) > 0.5
-    # Measured 0.525 (n=32+32): before unlearning, forget and held-out capitals sentences in the
-    # same templates look about equally familiar, so the untouched model sits near 0.5.
+    # Measured (n=32+32, answer span): AUC 0.735, no tied pairs: the forget list's capitals are
+    # better known than the held-out ones. Over whole sentences the same sets give 0.502 with
+    # 22% of pairs within 1e-4: the template tokens decide the score, float noise the order.
     members = forget.train_text + forget.eval_text
-    auc = ev.mia_auc(smol, members, ev.holdout_capital_texts(like=members))
-    assert 0.4 < auc < 0.65, auc
+    holdout = ev.holdout_capital_texts(like=members)
+    auc, ties = ev.mia(smol, members, holdout)
+    assert 0.65 < auc < 0.85 and ties < 0.01, (auc, ties)
+    assert ev.mia(smol, members, holdout, span="text")[1] > 0.1
 
 
 # Measured with the full shipped data (acc, SmolLM2-135M-Instruct, dequantized Q4_1 GGUF).

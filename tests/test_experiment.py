@@ -163,3 +163,11 @@ def test_report_shows_intervals_and_names_only_separated_changes():
     assert note == "- clue: FE 60.0 vs 0.0"
     clue["ci"]["ru"]["ioi"] = [0.85, 0.95]
     assert spread_note([original, clue], ["ioi"]) == "- clue: FE 60.0 vs 0.0; RU ioi 90.0 vs 100.0"
+
+
+def test_report_states_the_largest_share_of_tied_mia_pairs():
+    from clue_mi.report import mia_ties_note
+
+    rows = [{"mia_ties": 0.0}, {"mia_ties": 0.25}, {"mia_ties": float("nan")}, {}]
+    assert mia_ties_note(rows) == "Tied MIA pairs (within 1e-4): at most 25.0% in any row. "
+    assert mia_ties_note([{}]) == ""
