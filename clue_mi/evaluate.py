@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import yaml
@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clue_mi.models import hf_model, plain_hf_model
-from clue_mi.stats import bootstrap_mean
+from clue_mi.stats import bootstrap_auc, bootstrap_mean
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 from clue_mi.timing import stage
@@ -276,16 +276,6 @@ def mink_scores(
     return [mink_from_logprobs(lp, k) for lp in scorer(model, texts, batch_size, tokenizer)]
 
 
-def auc_from_scores(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
-    """ROC-AUC with members as label 1 and non-members as label 0 (sklearn)."""
-    from sklearn.metrics import roc_auc_score
-
-    if not member_scores or not nonmember_scores:
-        raise ValueError("MIA needs at least one member and one non-member text")
-    labels = [1] * len(member_scores) + [0] * len(nonmember_scores)
-    return float(roc_auc_score(labels, [*member_scores, *nonmember_scores]))
-
-
 def tied_fraction(
     member_scores: Sequence[float], nonmember_scores: Sequence[float], tol: float = MIA_TIE
 ) -> float:
@@ -296,6 +286,15 @@ def tied_fraction(
     return float(((m[:, None] - n[None, :]).abs() <= tol).double().mean())
 
 
+class MIAResult(NamedTuple):
+    """An MIA's AUC, its bootstrap 95% interval over the texts, and the share of tied pairs."""
+
+    auc: float
+    low: float
+    high: float
+    ties: float
+
+
 def mia(
     model,
     forget_texts: Sequence[str],
@@ -304,16 +303,18 @@ def mia(
     batch_size: int = 16,
     tokenizer=None,
     span: Literal["answer", "text"] = "answer",
-) -> tuple[float, float]:
-    """Min-k% Prob MIA: (ROC-AUC of forget texts (label 1) vs held-out texts (label 0), the
-    fraction of tied pairs). See :func:`mia_auc`."""
+) -> MIAResult:
+    """Min-k% Prob MIA (see :func:`mia_auc`) with a bootstrap 95% interval (members and
+    non-members resampled separately, seeded) and the fraction of pairs within :data:`MIA_TIE`.
+    A broken model (non-finite scores) gets NaN everywhere."""
     members = mink_scores(model, forget_texts, k, batch_size, tokenizer, span=span)
     nonmembers = mink_scores(model, holdout_texts, k, batch_size, tokenizer, span=span)
     if not all(math.isfinite(x) for x in [*members, *nonmembers]):
         # Fail closed: a broken model's AUC is not a number, never one that looks like 0.5.
         log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
-        return float("nan"), float("nan")
-    return auc_from_scores(members, nonmembers), tied_fraction(members, nonmembers)
+        return MIAResult(*[float("nan")] * 4)
+    ci = bootstrap_auc(members, nonmembers)
+    return MIAResult(ci.value, ci.low, ci.high, tied_fraction(members, nonmembers))
 
 
 def mia_auc(
@@ -337,7 +338,7 @@ def mia_auc(
     The reference is the untouched model (0.73 for SmolLM2-135M on the default capitals sets,
     whose forget countries are the better known): unlearning should move it down.
     """
-    return mia(model, forget_texts, holdout_texts, k, batch_size, tokenizer, span)[0]
+    return mia(model, forget_texts, holdout_texts, k, batch_size, tokenizer, span).auc
 
 
 def holdout_capital_texts(
@@ -715,9 +716,9 @@ def evaluate_model(
                 if not finite:
                     log.warning("evaluate: non-finite logits; the model is broken")
             elif step == "MIA":
-                out["mia_auc"], out["mia_ties"] = mia(
-                    net, members, holdout, batch_size=batch_size, tokenizer=tok
-                )
+                result = mia(net, members, holdout, batch_size=batch_size, tokenizer=tok)
+                out["mia_auc"], out["mia_ties"] = result.auc, result.ties
+                out["ci"]["mia_auc"] = [result.low, result.high]
             elif step == "Rouge-L":
                 out["rouge_l"] = rouge_l(net, prompts, refs, max_new_tokens, batch_size, tok)
                 out["one_minus_rouge_l"] = 1.0 - out["rouge_l"]
@@ -746,7 +747,6 @@ def copy_task_dir(dest: str | Path) -> Path:
 __all__ = [
     "HOLDOUT_CAPITALS",
     "LOCAL_GU_TASKS",
-    "auc_from_scores",
     "continuation_references",
     "copy_task_dir",
     "evaluate_model",

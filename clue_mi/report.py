@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,22 @@ def _pct_ci(x: float | None, ci: list[float] | None) -> str:
     if x is None or ci is None:
         return _pct(x)
     return format_interval(Interval(x, *ci))
+
+
+def mia_interval(row: dict[str, Any]) -> Interval | None:
+    """The row's MIA AUC with its bootstrap 95% interval, where one was recorded (and finite)."""
+    ci = row.get("ci", {}).get("mia_auc")
+    auc = row.get("mia_auc")
+    if ci is None or auc is None or not all(math.isfinite(x) for x in (auc, *ci)):
+        return None
+    return Interval(auc, *ci)
+
+
+def _mia_cell(row: dict[str, Any]) -> str:
+    interval = mia_interval(row)
+    if interval is None:
+        return f"{row['mia_auc']:.3f}"
+    return format_interval(interval, scale=1.0, digits=3)
 
 
 def accuracy_intervals(row: dict[str, Any], retain: list[str]) -> dict[str, Interval]:
@@ -68,6 +85,9 @@ def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
             for name, iv in accuracy_intervals(r, retain).items()
             if name in base and separated(iv, base[name])
         ]
+        mia, mia_base = mia_interval(r), mia_interval(original)
+        if mia is not None and mia_base is not None and separated(mia, mia_base):
+            moved.append(f"MIA AUC {mia.value:.3f} vs {mia_base.value:.3f}")
         lines.append(f"- {r['method']}: " + ("; ".join(moved) if moved else "none"))
     return "\n".join(lines)
 
@@ -105,7 +125,7 @@ def results_table(rows: list[dict[str, Any]], retain: list[str], loss: str) -> s
             _pct_ci(r.get("fe_phrasings"), ci.get("fe_phrasings")),
         ]
         cells += [_pct_ci(r["ru"].get(t), ci.get("ru", {}).get(t)) for t in retain]
-        cells += [_pct(r.get("gu")), f"{r['mia_auc']:.3f}", _pct(r["one_minus_rouge_l"])]
+        cells += [_pct(r.get("gu")), _mia_cell(r), _pct(r["one_minus_rouge_l"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clue_mi import evaluate as ev
+from clue_mi.stats import bootstrap_auc
 from clue_mi.tasks import PromptSet
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 
@@ -65,7 +66,7 @@ def test_mia_auc_on_known_scores(monkeypatch, members, nonmembers, auc):
     texts_m = ["m"] * len(members)
     texts_n = ["n"] * len(nonmembers)
     assert ev.mia_auc(None, texts_m, texts_n) == pytest.approx(auc)
-    assert ev.auc_from_scores(members, nonmembers) == pytest.approx(auc)
+    assert bootstrap_auc(members, nonmembers).value == pytest.approx(auc)
 
 
 def test_tied_fraction_counts_pairs_within_the_tolerance():
@@ -106,9 +107,9 @@ def test_mia_of_a_model_trained_on_the_forget_texts_is_clearly_above_half(restor
         loss.backward()
         opt.step()
         opt.zero_grad()
-    after, ties = ev.mia(model, members, holdout)
-    assert after > 0.9 and after > before + 0.2, (before, after)
-    assert ties < 0.05
+    result = ev.mia(model, members, holdout)
+    assert result.auc > 0.9 and result.auc > before + 0.2, (before, result)
+    assert result.ties < 0.05 and result.low <= result.auc <= result.high
 
 
 def test_mia_auc_on_a_model_scores_each_text_by_mink(tiny):
@@ -311,9 +312,10 @@ def test_embedded_model_knows_capitals(smol):
     # 22% of pairs within 1e-4: the template tokens decide the score, float noise the order.
     members = forget.train_text + forget.eval_text
     holdout = ev.holdout_capital_texts(like=members)
-    auc, ties = ev.mia(smol, members, holdout)
-    assert 0.65 < auc < 0.85 and ties < 0.01, (auc, ties)
-    assert ev.mia(smol, members, holdout, span="text")[1] > 0.1
+    result = ev.mia(smol, members, holdout)
+    assert 0.65 < result.auc < 0.85 and result.ties < 0.01, result
+    assert result.low < result.auc < result.high  # a real spread at 64 + 64 texts
+    assert ev.mia(smol, members, holdout, span="text").ties > 0.1
 
 
 # Measured with the full shipped data (acc, SmolLM2-135M-Instruct, dequantized Q4_1 GGUF).
@@ -393,4 +395,6 @@ def test_evaluate_model_intervals_are_bootstraps_of_the_prompt_outcomes(tiny):
     assert out["ci"]["fe"][0] <= out["fe"] <= out["ci"]["fe"][1]
     low, high = out["ci"]["ru"]["ioi"]
     assert low <= out["ru"]["ioi"] <= high
-    assert set(out["ci"]) == {"fe", "fe_phrasings", "ru"}
+    assert set(out["ci"]) == {"fe", "fe_phrasings", "ru", "mia_auc"}
+    low, high = out["ci"]["mia_auc"]  # the MIA's bootstrap over member and non-member texts
+    assert low <= out["mia_auc"] <= high and 0.0 <= out["mia_ties"] <= 1.0

@@ -171,3 +171,20 @@ def test_report_states_the_largest_share_of_tied_mia_pairs():
     rows = [{"mia_ties": 0.0}, {"mia_ties": 0.25}, {"mia_ties": float("nan")}, {}]
     assert mia_ties_note(rows) == "Tied MIA pairs (within 1e-4): at most 25.0% in any row. "
     assert mia_ties_note([{}]) == ""
+
+
+def test_mia_cell_shows_its_interval_and_separated_changes_are_listed():
+    from clue_mi.report import results_table, spread_note
+
+    def row(method, auc, low, high):
+        return {"method": method, "unlearned_ratio": 0.0, "fe": 0.0, "fe_phrasings": None,
+                "ru": {"ioi": 1.0}, "gu": 0.5, "mia_auc": auc, "one_minus_rouge_l": 0.0,
+                "ci": {"mia_auc": [low, high]}}  # fmt: skip
+
+    nan = float("nan")
+    rows = [row("original", 0.735, 0.65, 0.82), row("clue", 0.378, 0.28, 0.47),
+            row("wagle", 0.70, 0.60, 0.79), row("broken", nan, nan, nan)]  # fmt: skip
+    table = results_table(rows, ["ioi"], "po")
+    assert "0.378 [0.280, 0.470]" in table and "| nan |" in table
+    note = spread_note(rows, ["ioi"])
+    assert "- clue: MIA AUC 0.378 vs 0.735" in note and "- wagle: none" in note
