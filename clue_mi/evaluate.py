@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clue_mi.models import hf_model, plain_hf_model
-from clue_mi.stats import bootstrap_auc, bootstrap_mean
+from clue_mi.stats import bootstrap_auc, bootstrap_mean, tied_fraction
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 from clue_mi.timing import stage
@@ -276,16 +276,6 @@ def mink_scores(
     return [mink_from_logprobs(lp, k) for lp in scorer(model, texts, batch_size, tokenizer)]
 
 
-def tied_fraction(
-    member_scores: Sequence[float], nonmember_scores: Sequence[float], tol: float = MIA_TIE
-) -> float:
-    """Fraction of member / non-member pairs whose scores are within ``tol``: pairs that float
-    noise, not the model, orders (the AUC counts exact ties as half)."""
-    m = torch.tensor(list(member_scores), dtype=torch.float64)
-    n = torch.tensor(list(nonmember_scores), dtype=torch.float64)
-    return float(((m[:, None] - n[None, :]).abs() <= tol).double().mean())
-
-
 class MIAResult(NamedTuple):
     """An MIA's AUC, its bootstrap 95% interval over the texts, and the share of tied pairs."""
 
@@ -314,7 +304,7 @@ def mia(
         log.warning("MIA: non-finite Min-k%% scores (broken model); reporting NaN")
         return MIAResult(*[float("nan")] * 4)
     ci = bootstrap_auc(members, nonmembers)
-    return MIAResult(ci.value, ci.low, ci.high, tied_fraction(members, nonmembers))
+    return MIAResult(ci.value, ci.low, ci.high, tied_fraction(members, nonmembers, MIA_TIE))
 
 
 def mia_auc(
@@ -763,7 +753,6 @@ __all__ = [
     "mia",
     "mia_auc",
     "answer_logprobs",
-    "tied_fraction",
     "mink_from_logprobs",
     "mink_scores",
     "prompt_outcomes",

@@ -76,6 +76,7 @@ def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
     if original is None:
         return ""
     base = accuracy_intervals(original, retain)
+    mia_base = mia_interval(original)
     lines = []
     for r in rows:
         if r["method"] == "original":
@@ -85,7 +86,7 @@ def spread_note(rows: list[dict[str, Any]], retain: list[str]) -> str:
             for name, iv in accuracy_intervals(r, retain).items()
             if name in base and separated(iv, base[name])
         ]
-        mia, mia_base = mia_interval(r), mia_interval(original)
+        mia = mia_interval(r)
         if mia is not None and mia_base is not None and separated(mia, mia_base):
             moved.append(f"MIA AUC {mia.value:.3f} vs {mia_base.value:.3f}")
         lines.append(f"- {r['method']}: " + ("; ".join(moved) if moved else "none"))

@@ -102,6 +102,13 @@ def bootstrap_auc(
     return Interval(auc, min(float(low), auc), max(float(high), auc))
 
 
+def tied_fraction(members: Sequence[float], nonmembers: Sequence[float], tol: float) -> float:
+    """Fraction of member / non-member pairs whose scores are within ``tol``: pairs that float
+    noise, not the model, orders (the AUC counts only exact ties as half)."""
+    m, n = np.asarray(members, dtype=np.float64), np.asarray(nonmembers, dtype=np.float64)
+    return float((np.abs(m[:, None] - n[None, :]) <= tol).mean())
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0.0 for a single value) over seeds."""
     arr = np.asarray(values, dtype=np.float64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clue_mi import evaluate as ev
-from clue_mi.stats import bootstrap_auc
+from clue_mi.stats import bootstrap_auc, tied_fraction
 from clue_mi.tasks import PromptSet
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
 
@@ -71,8 +71,9 @@ def test_mia_auc_on_known_scores(monkeypatch, members, nonmembers, auc):
 
 def test_tied_fraction_counts_pairs_within_the_tolerance():
     # pairs: (-1, -1.00005) tied, (-1, -2) not, (-3, -1.00005) not, (-3, -2) not -> 1 of 4
-    assert ev.tied_fraction([-1.0, -3.0], [-1.00005, -2.0]) == pytest.approx(0.25)
-    assert ev.tied_fraction([-1.0], [-1.001]) == 0.0  # 1e-3 apart: ordered, not tied
+    tol = ev.MIA_TIE  # 1e-4
+    assert tied_fraction([-1.0, -3.0], [-1.00005, -2.0], tol) == pytest.approx(0.25)
+    assert tied_fraction([-1.0], [-1.001], tol) == 0.0  # 1e-3 apart: ordered, not tied
 
 
 def test_answer_span_scores_only_the_answer(tiny):
