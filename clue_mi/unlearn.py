@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,8 +385,25 @@ class UnlearnResult:
         return [h["loss"] for h in self.history if stage is None or h["stage"] == stage]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: which elements move, under which forget loss, for how many epochs.
+
+    ``forget`` holds prompts for ``loss="po"`` and sentences for ``"ga"`` / ``"npo"``
+    (``forget_data``); ``lam`` weighs the retain loss (0: forget loss only).
+    """
+
+    mask: Mapping[str, Tensor]
+    loss: LossName
+    forget: Sequence[str]
+    epochs: int
+    lam: float = 0.0
+
+
 @dataclass
 class _Setup:
+    """A stage's encoded forget data, loss and (NPO) reference NLLs."""
+
     net: Any
     forget: Encoded
     retain: Encoded | None
@@ -403,7 +420,7 @@ class _Setup:
 def _prepare(
     model,
     forget: Sequence[str],
-    retain: Sequence[str] | None,
+    retain: Encoded | None,
     loss: str,
     beta: float,
     batch_size: int,
@@ -412,22 +429,23 @@ def _prepare(
     weight_decay: float,
     tokenizer,
     refusals: Sequence[str] | None,
+    bf16: bool,
 ) -> _Setup:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     if not forget:
         raise ValueError("the forget set is empty")
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     net = plain_hf_model(model).eval()  # no dropout: deterministic per seed
     if loss == "po":
         answers = [refusal_for(i, refusals or REFUSALS) for i in range(len(forget))]
         enc_f = encode_prompt_answers(tokenizer, forget, answers)
     else:
         enc_f = encode_texts(tokenizer, forget)
-    enc_r = encode_texts(tokenizer, retain) if retain else None
     # NPO's reference is the model before any update; computed once, no second model kept.
     ref = reference_nll(net, enc_f, batch_size) if loss == "npo" else None
-    return _Setup(net, enc_f, enc_r, loss, beta, ref, batch_size, seed, progress, weight_decay)
+    return _Setup(
+        net, enc_f, retain, loss, beta, ref, batch_size, seed, progress, weight_decay, bf16
+    )
 
 
 def _forget_loss(s: _Setup, batch: Batch) -> Tensor:
@@ -439,6 +457,10 @@ def _forget_loss(s: _Setup, batch: Batch) -> Tensor:
     return po_loss(s.net, batch)
 
 
+EpochCallback = Callable[[int, int], None]
+"""``on_epoch(stage, epoch)``: called after every epoch (stage from 1, epoch from 0)."""
+
+
 def _run_stage(
     model,
     s: _Setup,
@@ -448,6 +470,7 @@ def _run_stage(
     lr: float,
     lam: float,
     result: UnlearnResult,
+    on_epoch: EpochCallback | None = None,
 ) -> None:
     """Train the elements of ``mask`` for ``epochs`` epochs (loss: forget + lam * retain)."""
     entries = _entries(model, mask)
@@ -499,6 +522,9 @@ def _run_stage(
                 )
                 bar.update(1)
                 bar.set_postfix(loss=f"{total.item():.3f}")
+            if on_epoch is not None:
+                with torch.no_grad():
+                    on_epoch(stage, epoch)
     bar.close()
     result.steps[stage] = step
 
@@ -536,6 +562,49 @@ def balanced_epochs(
     return epochs, None
 
 
+def train_stages(
+    model,
+    stages: Sequence[Stage],
+    retain: Sequence[str] | None,
+    lr: float = 1e-5,
+    batch_size: int = 8,
+    seed: int = 0,
+    beta: float = 0.1,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+    tokenizer=None,
+    refusals: Sequence[str] | None = None,
+    bf16: bool = False,
+    on_epoch: EpochCallback | None = None,
+    result: UnlearnResult | None = None,
+) -> UnlearnResult:
+    """Train ``stages`` in order (stage ``i`` is numbered ``i + 1``), each on its own mask with
+    its own forget loss, on one shared retain set; the trainer behind ``unlearn`` (CLUE),
+    ``unlearn_baseline`` and the ablations of paper Table 2 (other stage orders and losses).
+
+    Every NPO reference is computed before the first update (the model before unlearning).
+    """
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    result = result if result is not None else UnlearnResult()
+    enc_r = encode_texts(tokenizer, retain) if retain else None
+    prepared: dict[tuple[str, tuple[str, ...]], _Setup] = {}
+    setups = []
+    for st in stages:
+        key = (st.loss, tuple(st.forget))
+        if key not in prepared:
+            prepared[key] = _prepare(
+                model, st.forget, enc_r, st.loss, beta, batch_size, seed, progress,
+                weight_decay, tokenizer, refusals, bf16,
+            )  # fmt: skip
+        setups.append(prepared[key])
+    refs = [s.ref_nll for s in setups if s.ref_nll is not None]
+    result.ref_nll = refs[0] if refs else None
+    torch.manual_seed(seed)
+    for number, (st, s) in enumerate(zip(stages, setups, strict=True), start=1):
+        _run_stage(model, s, number, st.mask, st.epochs, lr, st.lam, result, on_epoch)
+    return result
+
+
 def unlearn(
     model,
     forget: Sequence[str],
@@ -555,6 +624,7 @@ def unlearn(
     refusals: Sequence[str] | None = None,
     rebalance: bool = True,
     bf16: bool = False,
+    on_epoch: EpochCallback | None = None,
 ) -> UnlearnResult:
     """CLUE's two-stage masked unlearning, written in place into ``bridge.original_model``.
 
@@ -577,32 +647,24 @@ def unlearn(
             1.4x faster on a CPU with AVX512-BF16; weights, gradients and optimizer state stay
             float32, so masked-out weights stay bit-identical). Changes the numbers slightly.
         beta: NPO temperature.
+        on_epoch: called as ``on_epoch(stage, epoch)`` after every epoch, under ``no_grad``
+            (e.g. to evaluate along the way, as the operating-point sweep does).
     """
-    s = _prepare(
-        model,
-        forget,
-        retain,
-        loss,
-        beta,
-        batch_size,
-        seed,
-        progress,
-        weight_decay,
-        tokenizer,
-        refusals,
-    )
-    s.bf16 = bf16
-    result = UnlearnResult(ref_nll=s.ref_nll)
+    result = UnlearnResult()
     if rebalance:
         epochs, note = balanced_epochs(model, forget_mask, conflict_mask, epochs)
         if note:
             log.warning("unlearn: %s", note)
             result.notes.append(note)
     result.epochs = tuple(epochs)
-    torch.manual_seed(seed)
-    _run_stage(model, s, 1, forget_mask, epochs[0], lr, 0.0, result)
-    _run_stage(model, s, 2, conflict_mask or {}, epochs[1], lr, lam, result)
-    return result
+    stages = [
+        Stage(forget_mask, loss, forget, epochs[0], 0.0),
+        Stage(conflict_mask or {}, loss, forget, epochs[1], lam),
+    ]
+    return train_stages(
+        model, stages, retain, lr, batch_size, seed, beta, weight_decay, progress,
+        tokenizer, refusals, bf16, on_epoch, result,
+    )  # fmt: skip
 
 
 def unlearn_baseline(
@@ -622,31 +684,20 @@ def unlearn_baseline(
     tokenizer=None,
     refusals: Sequence[str] | None = None,
     bf16: bool = False,
+    on_epoch: EpochCallback | None = None,
 ) -> UnlearnResult:
     """One stage on ``mask`` with forget + ``lam`` * retain loss, for ``epochs`` epochs.
 
     The default budget (6 epochs) is the step count of CLUE's default 1 + 5; use ``lam=0`` for
     a forget-loss-only baseline. With ``full_mask`` this is plain fine-tuning (dense AdamW
-    state over every weight, weight decay 0 by default). ``bf16`` as in :func:`unlearn`.
+    state over every weight, weight decay 0 by default). ``bf16`` and ``on_epoch`` as in
+    :func:`unlearn`.
     """
-    s = _prepare(
-        model,
-        forget,
-        retain,
-        loss,
-        beta,
-        batch_size,
-        seed,
-        progress,
-        weight_decay,
-        tokenizer,
-        refusals,
-    )
-    s.bf16 = bf16
-    result = UnlearnResult(ref_nll=s.ref_nll, epochs=(epochs,))
-    torch.manual_seed(seed)
-    _run_stage(model, s, 1, mask, epochs, lr, lam, result)
-    return result
+    return train_stages(
+        model, [Stage(mask, loss, forget, epochs, lam)], retain, lr, batch_size, seed, beta,
+        weight_decay, progress, tokenizer, refusals, bf16, on_epoch,
+        UnlearnResult(epochs=(epochs,)),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- baseline masks
@@ -720,19 +771,13 @@ def wagle_scores(
     """
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    enc_r = encode_texts(tokenizer, retain) if retain else None
+    forget_loss = "ga" if loss == "npo" else loss
     s = _prepare(
-        model,
-        forget,
-        retain,
-        "ga" if loss == "npo" else loss,
-        0.1,
-        batch_size,
-        0,
-        False,
-        0.0,
-        tokenizer,
-        refusals,
-    )
+        model, forget, enc_r, forget_loss, 0.1, batch_size, 0, False, 0.0, tokenizer, refusals,
+        bf16=False,
+    )  # fmt: skip
     pool = _pool(model)
     grad_f = _mean_gradients(model, s, s.forget, lambda b: _forget_loss(s, b), pool)
     grad_r: dict[str, Tensor] = {}
