@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -23,7 +24,7 @@ from clue_mi.options import (
 # Budgets of a full run and of a --quick smoke run; an option given explicitly always wins.
 # The quick sparsity is lower because a small graph (tiny-llama: 106 edges) keeps no
 # input -> logits path at 0.95: its top 6 edges do not connect.
-DEFAULTS = {"n": 32, "n_eval": 32, "steps": 5, "sparsity": 0.95, "epochs": (1, 5)}
+DEFAULTS = {"n": 32, "n_eval": 32, "steps": 5, "sparsity": 0.95, "epochs": (1, 1)}
 QUICK = {"n": 8, "n_eval": 8, "steps": 2, "sparsity": 0.5, "epochs": (1, 1)}
 
 
@@ -205,19 +206,35 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_experiment(_run_config(args) if given else None, args.resume, resume=True)
 
 
+def cmd_paper(args: argparse.Namespace) -> None:
+    from clue_mi.paper import PaperConfig, quick_paper_config, run_paper
+
+    if args.resume is not None:
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise ValueError("give --out for a new paper run or --resume DIR, not both")
+        run_paper(None, args.resume, resume=True)
+        return
+    if args.seed != 0:
+        raise ValueError("clue-mi paper takes --seeds S1 S2 ..., not --seed")
+    run = _run_config(args)
+    cfg = quick_paper_config(run) if args.quick else PaperConfig(run=run)
+    if args.seeds is not None:
+        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
+    run_paper(cfg, args.out or time.strftime("runs/paper-%Y%m%d-%H%M%S"))
+
+
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
     from clue_mi.experiment import FINETUNE, METHODS
 
-    p.add_argument("--loss", default="po", choices=["po", "ga", "npo"], help="forget loss")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (%(default)s)")
+    p.add_argument("--loss", default="ga", choices=["ga", "npo", "po"], help="forget loss (ga)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (%(default)s)")
     p.add_argument(
         "--epochs",
         type=int,
         nargs=2,
         default=None,
         metavar=("STAGE1", "STAGE2"),
-        help="epochs of stage 1 (forget mask) and stage 2 (conflict mask); default 1 5, "
-        "with --quick 1 1",
+        help="epochs of stage 1 (forget mask) and stage 2 (conflict mask); default 1 1",
     )
     p.add_argument("--lam", type=float, default=1.0, help="weight of the retain loss (stage 2)")
     p.add_argument("--train-batch-size", type=int, default=8)
@@ -314,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="new run folder (default runs/run-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR", help="finish an interrupted run")
     p.set_defaults(func=cmd_run)
+
+    from clue_mi.paper import TABLE1
+
+    p = sub.add_parser(
+        "paper",
+        help="the paper's tables and figures with spreads and a verdict per claim (DESIGN §11)",
+    )
+    _add_sets_args(p)
+    _add_model_args(p)
+    _add_unlearn_args(p)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="seeds of Table 1 (default 0 1 2; with --quick 0 1); the other parts use the first",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="new paper folder (default runs/paper-DATE-TIME)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="finish an interrupted run")
+    p.set_defaults(func=cmd_paper, methods=TABLE1)
     return parser
 
 

@@ -121,7 +121,7 @@ def creating(out: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def failure_marked(out: Path) -> Iterator[None]:
+def failure_marked(out: Path, command: str = "run") -> Iterator[None]:
     """While the block runs, an exception leaves ``out/FAILED`` saying what stopped the run and
     how to finish it; a successful block (or a resume that starts it) removes the file."""
     (out / FAILED).unlink(missing_ok=True)
@@ -131,7 +131,8 @@ def failure_marked(out: Path) -> Iterator[None]:
         reason = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
         try:
             (out / FAILED).write_text(
-                f"clue-mi run stopped: {reason}\nfinish it with: clue-mi run --resume {out}\n"
+                f"clue-mi {command} stopped: {reason}\n"
+                f"finish it with: clue-mi {command} --resume {out}\n"
             )
         except OSError:
             pass  # the original error matters more than the marker

@@ -795,7 +795,12 @@ def wagle_scores(
 
 def wagle_mask(model, size: int, forget: Sequence[str], loss: LossName = "po", **kw) -> Mask:
     """The ``size`` elements of largest ``wagle_scores`` (``retain=`` for the full WAGLE score)."""
-    scores = wagle_scores(model, forget, loss, **kw)
+    return top_mask(wagle_scores(model, forget, loss, **kw), size)
+
+
+def top_mask(scores: Mapping[str, Tensor], size: int) -> Mask:
+    """The ``size`` elements of largest score over all of ``scores`` (one global ranking), so
+    one set of WAGLE scores gives the masks of every forget ratio (paper Figure 6)."""
     names = list(scores)
     flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names])
     if not 0 <= size <= flat.numel():
