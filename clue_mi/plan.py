@@ -1,0 +1,748 @@
+"""A memory plan you can check before you start: peak bytes of each pipeline stage from a
+model's Hugging Face ``config.json`` alone.
+
+Pure arithmetic: nothing is loaded, allocated or imported beyond the standard library.
+:func:`param_counts` counts the parameters, :func:`stage_memory` predicts the peak memory of every
+stage as this package allocates it, :func:`largest_fit` finds the largest training batch and
+sequence length under a budget, and :func:`format_plan` prints a Markdown table.
+``clue_mi/configs/`` holds the configs of two 7B models (:func:`bundled_config`).
+
+Modelling assumptions, shared by every stage (each stage function documents its formula):
+
+* **Weights** in ``dtype``: ``s`` = 4 bytes per element for float32, 2 for bfloat16 / float16.
+  A tied ``lm_head`` is the embedding and is counted once. Every load path of
+  ``clue_mi.models`` gives float32 today; the 2-byte rows say what a half-precision load would
+  cost. **Gradients** are in the weight dtype. ``MaskedAdamW`` keeps its two moments in the
+  weight dtype too (``new_empty`` / ``zeros_like`` of the parameter), so they are ``2 x 4``
+  bytes per masked element in float32 and ``2 x 2`` in bfloat16.
+* **Upper bounds, not expectations.** Autograd keeps a tensor only for the gradients it will
+  compute (a linear layer keeps its input only when its weight trains): in training every
+  per-layer attention / MLP matrix is assumed trainable, so every linear input is counted, and
+  every such matrix gets a dense gradient (``_only_grad_for`` turns on every parameter that
+  holds a masked element, and CLUE's masks touch nearly all of them); every masked element is
+  assumed to sit in a partly masked matrix (a 4-byte int32 position each) unless
+  ``whole_share`` says otherwise; temporaries that do not overlap are still added. Allocator
+  slack, the CUDA context, the Python process, the tokenizer, the data and lm-eval's own
+  structures are not counted: leave 10-20% headroom. None of the activation formulas has been
+  checked against a measured peak.
+* **Batches** are padded to full length: ``T`` = tokens of a batch = batch x sequence length.
+  Symbols: ``d`` hidden size, ``L`` layers, ``H`` query heads, ``G`` KV heads, ``hd`` head
+  dim, ``q = H hd``, ``kv = G hd``, ``I`` MLP width, ``V`` vocabulary, ``S = 1 + L (H + 1)``
+  senders and ``R = L (H + 2G + 1) + 1`` receivers of the edge graph (``clue_mi.graph``), ``P``
+  the elements of the per-layer attention and MLP weight matrices (the pool masks are drawn
+  from), ``N`` every parameter.
+* **Experiment context** (``experiment=True``, what ``clue-mi run`` / ``paper`` do): a
+  ``WeightSnapshot`` copy of every weight (counted under weights) and CLUE's forget and conflict
+  masks (``2 P`` bool bytes, under buffers) are alive from the localization on, so in every
+  stage but faithfulness (attribution counts them because re-localization runs after CLUE).
+* **Attention**: training and evaluation run through a plain HF model with
+  ``attn_implementation="sdpa"`` (``models.plain_hf_model``): no ``[b, H, p, p]`` scores are
+  kept (assumed: SDPA's flash / memory-efficient kernels; were the math fallback chosen, price
+  it with ``attention="eager"``), only a bool padding mask ``[b, 1, p, p]``; with a
+  padding mask and ``G < H`` transformers repeats k and v to every query head before SDPA
+  (``repeat_kv``), so they count ``q`` each. ``attention="eager"`` adds the kept
+  probabilities (``s H p`` per token and layer). Attribution always runs through the bridge,
+  whose attention is eager (TransformerLens forces it).
+* GPT-2 (``n_embd`` / ``n_layer`` / ``n_head``) is counted exactly by :func:`param_counts`;
+  its activations use the same formulas with ``G = H``, LayerNorm kept in the weight dtype and
+  ``I``-sized tensors per MLP counted from ``gelu_new``, which is written out in Python (5 in
+  training, 4 with frozen weights).
+
+Numbers printed in GB are 10^9 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GB",
+    "Fit",
+    "ModelShape",
+    "StageEstimate",
+    "bundled_config",
+    "format_plan",
+    "largest_fit",
+    "model_shape",
+    "param_counts",
+    "peak",
+    "stage_memory",
+]
+
+GB = 10**9
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+BUFFER_BYTES = 4
+"""Attribution buffers are ``torch.zeros(...)`` with the default dtype: float32 always."""
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+"""The model types ``clue_mi.models`` maps (``models.SUPPORTED_MODEL_TYPES``)."""
+BRIDGE_SLOT_COPIES = 4
+"""Copies of the widest per-head slot ``[b, p, H, d]`` (4 bytes each) one bridge layer holds while
+it runs: ``einops.repeat(...).contiguous()``, our receiver hook's clone, the per-head RMSNorm's
+float32 upcast and normalised value (or, later, the per-head results, the sender record's
+temporary and their gradients)."""
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a plan needs, read from an HF config (see :func:`model_shape`)."""
+
+    model_type: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    vocab: int
+    tied: bool
+    gated: bool  # gate/up/down MLP (Llama family); GPT-2 has up (c_fc) and down only
+    n_positions: int  # learned positions (GPT-2) or max_position_embeddings
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_senders(self) -> int:
+        """``input``, every head and every MLP (``graph.ComputationGraph.senders``)."""
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        """Every q, every KV group's k and v, every MLP, and ``logits``."""
+        return self.n_layers * (self.n_heads + 2 * self.n_kv_heads + 1) + 1
+
+
+def _get(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def model_shape(config: Mapping[str, Any]) -> ModelShape:
+    """Read the sizes from an HF config dict (Llama, Mistral, Qwen2, or GPT-2 key names).
+
+    Raises ``ValueError`` for a model type clue_mi's graph and mask code do not map.
+    """
+    model_type = str(config.get("model_type") or ("gpt2" if "n_embd" in config else "llama"))
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported by clue_mi (supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    if model_type == "gpt2":
+        d, heads = int(config["n_embd"]), int(config["n_head"])
+        return ModelShape(
+            model_type, d, int(config["n_layer"]), heads, heads, d // heads,
+            int(_get(config, "n_inner", default=4 * d)), int(config["vocab_size"]),
+            bool(_get(config, "tie_word_embeddings", default=True)), False,
+            int(_get(config, "n_positions", default=1024)), True, True, True,
+        )  # fmt: skip
+    d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    bias = bool(config.get("attention_bias", False))
+    return ModelShape(
+        model_type, d, int(config["num_hidden_layers"]), heads,
+        int(_get(config, "num_key_value_heads", default=heads)),
+        int(_get(config, "head_dim", default=d // heads)), int(config["intermediate_size"]),
+        int(config["vocab_size"]), bool(config.get("tie_word_embeddings", False)), True,
+        int(_get(config, "max_position_embeddings", default=4096)),
+        bias or model_type == "qwen2", bias, bool(config.get("mlp_bias", False)),
+    )  # fmt: skip
+
+
+def param_counts(config: Mapping[str, Any]) -> dict[str, int]:
+    """Parameter counts of the HF model a config describes, biases included where it has them.
+
+    Keys: ``embedding`` (``V d``), ``position_embedding`` (GPT-2 only), ``q``, ``k``, ``v``,
+    ``o``, ``gate``, ``up``, ``down`` (summed over layers; GPT-2's fused ``c_attn`` split into
+    its q, k, v blocks, its ``gate`` 0), ``norms`` (every layer's and the final norm; LayerNorm
+    has weight and bias), ``lm_head`` (0 when tied to the embedding), ``per_layer`` (one
+    decoder layer), ``layer_matrices`` (``P``: the attention and MLP weight matrices without
+    biases, the pool of ``masks.layer_matrices``, ``unlearn.random_mask`` and WAGLE) and
+    ``total`` (every distinct parameter, ``N``).
+    """
+    m = model_shape(config)
+    d, n, q, kv, i = m.d_model, m.n_layers, m.q_dim, m.kv_dim, m.d_mlp
+    if m.model_type == "gpt2":
+        kinds = {
+            "q": d * d + d, "k": d * d + d, "v": d * d + d, "o": d * d + d,
+            "gate": 0, "up": d * i + i, "down": i * d + d,
+        }  # fmt: skip
+        norms_layer, final_norm, positions = 4 * d, 2 * d, m.n_positions * d
+    else:
+        qkv_b, o_b, mlp_b = int(m.qkv_bias), int(m.o_bias), int(m.mlp_bias)
+        kinds = {
+            "q": d * q + q * qkv_b, "k": d * kv + kv * qkv_b, "v": d * kv + kv * qkv_b,
+            "o": q * d + d * o_b, "gate": d * i + i * mlp_b, "up": d * i + i * mlp_b,
+            "down": i * d + d * mlp_b,
+        }  # fmt: skip
+        norms_layer, final_norm, positions = 2 * d, d, 0
+    per_layer = sum(kinds.values()) + norms_layer
+    embedding = m.vocab * d
+    lm_head = 0 if m.tied else m.vocab * d
+    mlp_mats = (3 if m.gated else 2) * d * i
+    matrices = n * (2 * d * q + 2 * d * kv + mlp_mats)
+    out = {"embedding": embedding, "position_embedding": positions}
+    out |= {kind: n * count for kind, count in kinds.items()}
+    out |= {
+        "norms": n * norms_layer + final_norm,
+        "lm_head": lm_head,
+        "per_layer": per_layer,
+        "layer_matrices": matrices,
+        "total": embedding + positions + n * per_layer + final_norm + lm_head,
+    }
+    return out
+
+
+def _largest_matrix(m: ModelShape) -> int:
+    return max(m.d_model * m.q_dim, m.d_model * m.d_mlp)
+
+
+def bundled_config(name: str) -> dict[str, Any]:
+    """A config shipped in ``clue_mi/configs`` (``"zephyr-7b-beta"``, ``"llama-2-7b"``)."""
+    path = CONFIG_DIR / f"{name.removesuffix('.json')}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+        raise ValueError(f"no bundled config {name!r} (bundled: {known})")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- estimates
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """Predicted peak bytes of one stage; ``bytes`` is the sum of ``breakdown``.
+
+    ``breakdown`` keys: ``weights`` (model, plus the run's snapshot copy), ``gradients``,
+    ``optimizer`` (moments and int32 positions), ``activations`` (kept for backward, plus the
+    largest transient), ``buffers`` (attribution buffers, masks, padding masks, temporaries).
+    """
+
+    name: str
+    bytes: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+PARTS = ("weights", "gradients", "optimizer", "activations", "buffers")
+
+
+def _estimate(name: str, note: str, **parts: int) -> StageEstimate:
+    breakdown = {k: int(parts.get(k, 0)) for k in PARTS}
+    return StageEstimate(name, sum(breakdown.values()), breakdown, note)
+
+
+def _dtype_bytes(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    return DTYPE_BYTES[dtype]
+
+
+def _kv_seen(m: ModelShape) -> int:
+    """Width of k (and of v) as attention sees it: repeated to every query head under GQA."""
+    return m.q_dim if m.n_kv_heads < m.n_heads else m.kv_dim
+
+
+def _norm_input_bytes(m: ModelShape, s: int) -> int:
+    """RMSNorm keeps its input upcast to float32; GPT-2's LayerNorm keeps it as it is."""
+    return s if m.model_type == "gpt2" else 4
+
+
+def train_layer_bytes(m: ModelShape, s: int, seq_len: int, attention: str = "sdpa") -> int:
+    """Bytes one decoder layer keeps for backward, per token, in training (HF model, no
+    checkpointing, every linear weight of the layer trainable):
+
+    ``2 n d`` (both norm inputs, ``n`` = 4 for RMSNorm's float32 upcast) + ``s (2d + q + 2 kv'
+    + 2q)`` (both norm outputs, q after RoPE, k and v as SDPA sees them with ``kv' = q`` when
+    ``G < H``, the SDPA output and its ``[b, p, q]`` copy for ``o_proj``, which may be free when
+    the kernel already writes that layout) + ``4 H`` (SDPA's float32 log-sum-exp) + ``s 4 I``
+    (gate output, SiLU output, up output, their product; GPT-2: ``5 I``), + ``s H p``
+    probabilities with ``attention="eager"``.
+    """
+    d, q = m.d_model, m.q_dim
+    kept = 2 * _norm_input_bytes(m, s) * d + s * (2 * d + q + 2 * _kv_seen(m) + 2 * q)
+    kept += 4 * m.n_heads + s * (4 if m.gated else 5) * m.d_mlp
+    if attention == "eager":
+        kept += s * m.n_heads * seq_len
+    return kept
+
+
+def bridge_layer_bytes(m: ModelShape, s: int, seq_len: int) -> int:
+    """Bytes one layer of the TransformerBridge keeps for backward, per token, in an attribution
+    run with gradients (split q/k/v inputs, per-head results and ``hook_mlp_in`` on).
+
+    The weights are frozen, so autograd keeps no linear layer's input (its only use would be the
+    weight's gradient; PyTorch saves a tensor only for the gradients it will compute), and the
+    per-head results ``[b, p, H, d]`` are not kept (a frozen projection, then a sum). Kept:
+    ``4 (H + 2G) d`` (the float32 input of the per-head RMSNorm of every q/k/v fork: the norm
+    re-normalises each head's copy of the pre-LN residual) + ``s (q + 2 kv')`` (q after RoPE;
+    k and v repeated to every query head, as the bridge's eager attention does whenever
+    ``G < H``) + ``(4 + s') H p`` (the float32 softmax probabilities, plus their weight-dtype copy,
+    ``s' = s``, when ``s < 4``) + ``n d + s 3I`` (the MLP norm's input, ``n`` = 4 for RMSNorm;
+    SiLU input, SiLU output, up output; GPT-2: ``4I``, ``gelu_new``'s kept terms).
+    Read from TransformerLens 4.3 (``position_embeddings_attention.py``); not measured.
+    """
+    d, h = m.d_model, m.n_heads
+    norm_in = _norm_input_bytes(m, s)
+    forks = norm_in * (h + 2 * m.n_kv_heads) * d
+    attention = s * (m.q_dim + 2 * _kv_seen(m)) + (4 + (s if s < 4 else 0)) * h * seq_len
+    mlp = norm_in * d + s * (3 if m.gated else 4) * m.d_mlp
+    return forks + attention + mlp
+
+
+def bridge_transient_bytes(m: ModelShape) -> int:
+    """Bytes per token one bridge layer holds only while it runs (forward or backward):
+    :data:`BRIDGE_SLOT_COPIES` x ``4 H d``."""
+    return BRIDGE_SLOT_COPIES * 4 * m.n_heads * m.d_model
+
+
+def _training_activations(
+    m: ModelShape,
+    s: int,
+    batches: Sequence[tuple[int, int]],
+    checkpointing: bool,
+    attention: str,
+    all_weights: bool = False,
+) -> int:
+    """Activations of one optimizer step whose loss sums ``batches`` (``(batch, seq_len)``).
+
+    Every batch's graph is alive at ``backward()`` (stage 2 runs the forget and the retain
+    forward before one backward). Per batch of ``T`` tokens: ``T (L a + n d + 4V)`` with ``a`` =
+    :func:`train_layer_bytes`, ``n d`` the final norm's input and ``4V`` the float32 log-softmax
+    ``token_nll`` keeps (``logits[:, :-1].float().log_softmax(-1)``); with ``all_weights`` (norm
+    weights and ``lm_head`` / the tied embedding trained too) also each norm's normalised value
+    and the ``lm_head`` input, ``s (2L + 1) d``. With ``checkpointing`` (HF
+    ``gradient_checkpointing_enable``; the trainer does not call it today) a layer keeps only its
+    input, ``s d``, and one layer is recomputed during backward: ``+ Σ T a``. Transient on top:
+    the larger of the loss head's backward (``2 x 4 V T`` of the largest batch: gradients of the
+    log-probs and of the logits) and one layer's backward working set (``Σ T a``).
+    """
+    kept = recompute = head = 0
+    layer_all = 0
+    for batch, seq_len in batches:
+        tokens = batch * seq_len
+        layer = train_layer_bytes(m, s, seq_len, attention)
+        per_layer = s * m.d_model if checkpointing else layer
+        tail = _norm_input_bytes(m, s) * m.d_model + 4 * m.vocab
+        if all_weights:
+            per_layer += 0 if checkpointing else 2 * s * m.d_model
+            tail += s * m.d_model
+        kept += tokens * (m.n_layers * per_layer + tail)
+        layer_all += tokens * layer
+        head = max(head, 2 * 4 * m.vocab * tokens)
+    if checkpointing:
+        recompute = layer_all
+    return kept + recompute + max(head, layer_all)
+
+
+def _padding_masks(batches: Sequence[tuple[int, int]], s: int, attention: str) -> int:
+    """The 4D padding mask of each batch: bool for SDPA, weight dtype for eager."""
+    per = 1 if attention == "sdpa" else s
+    return sum(batch * seq_len * seq_len * per for batch, seq_len in batches)
+
+
+def _optimizer_bytes(elements: int, positions: int, s: int) -> int:
+    """``MaskedAdamW``: two moments per masked element in the weight dtype, plus an int32
+    position per masked element of a partly masked matrix (a whole matrix needs none)."""
+    return 2 * s * elements + 4 * positions
+
+
+def _step_transient(m: ModelShape, s: int, elements: int, positions: int, every: bool) -> int:
+    """Temporaries of one parameter's update, counted on top (an upper bound): a partly masked
+    matrix gathers its gradient and values and makes ``v.sqrt()`` and ``denom``, ``4 s`` per
+    masked element of the largest matrix; a whole one only the last two, ``2 s`` per element
+    (the embedding is the largest parameter when ``every`` parameter trains)."""
+    if every:
+        return 2 * s * max(_largest_matrix(m), m.vocab * m.d_model)
+    if positions == 0:
+        return 2 * s * _largest_matrix(m)
+    return 4 * s * min(_largest_matrix(m), elements)
+
+
+def _train_stage(
+    name: str,
+    note: str,
+    m: ModelShape,
+    s: int,
+    *,
+    elements: int,
+    positions: int,
+    grad_elements: int,
+    batches: Sequence[tuple[int, int]],
+    weights: int,
+    masks: int,
+    checkpointing: bool,
+    attention: str,
+    all_weights: bool = False,
+) -> StageEstimate:
+    """A ``MaskedAdamW`` stage: weights + dense gradients of every touched parameter + the
+    optimizer state of ``elements`` masked elements + activations + masks and temporaries."""
+    if elements == 0:  # ``_run_stage`` returns before building anything
+        return _estimate(name, note + " (empty mask: trains nothing)", weights=weights,
+                         buffers=masks)  # fmt: skip
+    step = _step_transient(m, s, elements, positions, all_weights)
+    return _estimate(
+        name,
+        note,
+        weights=weights,
+        gradients=s * grad_elements,
+        optimizer=_optimizer_bytes(elements, positions, s),
+        activations=_training_activations(m, s, batches, checkpointing, attention, all_weights),
+        buffers=masks + _padding_masks(batches, s, attention) + step,
+    )
+
+
+def _check_args(
+    batch: int, seq_len: int, mask_ratio: float, forget_ratio: float, attention: str
+) -> None:
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
+    if not 0.0 <= forget_ratio <= mask_ratio <= 1.0:
+        raise ValueError(
+            f"need 0 <= forget_ratio <= mask_ratio <= 1, got {forget_ratio} and {mask_ratio}"
+        )
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention must be 'sdpa' or 'eager', got {attention!r}")
+
+
+def stage_memory(
+    config: Mapping[str, Any],
+    *,
+    dtype: str = "float32",
+    batch: int = 8,
+    seq_len: int = 32,
+    mask_ratio: float = 0.746,
+    forget_ratio: float = 0.009,
+    whole_share: float = 0.0,
+    retain: bool = True,
+    attribution_batch: int = 16,
+    prompt_len: int | None = None,
+    n_prompts: int = 32,
+    eval_batch: int = 32,
+    eval_seq_len: int | None = None,
+    checkpointing: bool = False,
+    attention: str = "sdpa",
+    experiment: bool = True,
+    baselines: bool = True,
+) -> list[StageEstimate]:
+    """Predicted peak memory of every stage of the pipeline, in pipeline order.
+
+    Args:
+        config: an HF ``config.json`` as a dict.
+        dtype: the weight dtype (``float32``, ``bfloat16`` / ``bf16``, ``float16`` / ``fp16``).
+        batch, seq_len: training batch (``--train-batch-size``, default 8) and the length every
+            sequence is padded to (training text; also attribution prompts and evaluation text
+            unless ``prompt_len`` / ``eval_seq_len`` say otherwise).
+        mask_ratio: fraction of ``P`` in CLUE's forget ∪ conflict masks (the unlearned-parameter
+            ratio; the default run's is 0.746, README) and the size of the baselines' masks.
+        forget_ratio: fraction of ``P`` in the forget mask (stage 1; default run 0.009);
+            the conflict mask (stage 2) holds ``mask_ratio - forget_ratio``.
+        whole_share: share of the conflict mask's elements that lie in matrices it masks
+            whole, which need no int32 positions. 0 (the default) is the upper bound; CLUE's
+            conflict masks hold whole MLPs (29 of 30 on the embedded model, README), so the
+            MLP share of ``P`` (``param_counts``) times that fraction is a closer value.
+        retain: stage 2 and the baselines add a retain batch to every step (``lam != 0``).
+        attribution_batch, prompt_len, n_prompts: attribution batch (``--batch-size``,
+            default 16), prompt length, and the held-out prompts faithfulness keeps runs of.
+        eval_batch, eval_seq_len: evaluation batch (``evaluate_model``: 32) and text length.
+        checkpointing: price training with per-layer gradient checkpointing (not used today).
+        attention: ``"sdpa"`` (what training and evaluation use) or ``"eager"``.
+        experiment: count the run's weight snapshot and CLUE masks (module docstring).
+        baselines: add the WAGLE scoring and the two baseline training stages of the run.
+
+    Masked elements are ``round(ratio x P)``. Stages (each docstring of the helper functions
+    states its formula): attribution, faithfulness, training stage 1 and 2, [WAGLE scores,
+    baseline mask training, training all weights], evaluation.
+    """
+    _check_args(batch, seq_len, mask_ratio, forget_ratio, attention)
+    if not 0.0 <= whole_share <= 1.0:
+        raise ValueError(f"whole_share must be in [0, 1], got {whole_share}")
+    m = model_shape(config)
+    s = _dtype_bytes(dtype)
+    counts = param_counts(config)
+    pool, total = counts["layer_matrices"], counts["total"]
+    weights = s * total
+    snapshot = weights if experiment else 0
+    clue_masks = 2 * pool if experiment else 0
+    p_len = prompt_len or seq_len
+    e_len = eval_seq_len or seq_len
+    f_elems = round(forget_ratio * pool)
+    c_elems = round((mask_ratio - forget_ratio) * pool)
+    u_elems = round(mask_ratio * pool)
+    forget_only = [(batch, seq_len)]
+    both = [(batch, seq_len)] * (2 if retain else 1)
+    trained = weights + snapshot  # the snapshot lives from the localization on
+
+    def train(name: str, note: str, elements: int, positions: int, **kw: Any) -> StageEstimate:
+        kw = {"grad_elements": pool, "batches": both, "masks": clue_masks} | kw
+        return _train_stage(
+            name, note, m, s, elements=elements, positions=positions, weights=trained,
+            checkpointing=checkpointing, attention=attention, **kw,
+        )  # fmt: skip
+
+    def partial(elements: int, ratio: float, whole: float = 0.0) -> int:
+        """int32 positions: none when the whole pool is masked."""
+        return 0 if ratio == 1.0 else round((1.0 - whole) * elements)
+
+    stages = [
+        _attribution(m, s, attribution_batch, p_len, trained, clue_masks),
+        _faithfulness(m, s, attribution_batch, p_len, n_prompts, weights),
+        train("train stage 1 (forget mask)", "forget loss; forget batch only", f_elems,
+              partial(f_elems, forget_ratio), batches=forget_only),
+        train("train stage 2 (conflict mask)", "forget + retain loss", c_elems,
+              partial(c_elems, mask_ratio - forget_ratio, whole_share)),
+    ]  # fmt: skip
+    if baselines:
+        stages += [
+            _wagle(m, s, batch, seq_len, pool, u_elems, trained, clue_masks),
+            train("train: baseline mask (random / WAGLE / nodes)", "same ratio as CLUE",
+                  u_elems, partial(u_elems, mask_ratio), masks=clue_masks + pool),
+            train("train: all weights", "dense AdamW over every parameter", total, 0,
+                  grad_elements=total, masks=clue_masks + total, all_weights=True),
+        ]  # fmt: skip
+    stages.append(_evaluation(m, s, eval_batch, e_len, trained, clue_masks))
+    return stages
+
+
+def _attribution(
+    m: ModelShape, s: int, batch: int, seq_len: int, weights: int, masks: int
+) -> StageEstimate:
+    """EAP / EAP-IG of both directions (``attribution.attribute_both``), one batch at a time.
+
+    Buffers (float32): the sender difference ``[b, p, S, d]`` and one receiver-gradient buffer
+    ``[b, p, R, d]`` per direction, ``4 T d (S + 2R)`` (exact allocations); at the contraction
+    ``einsum("bpsd,bprd->sr")``, the negated difference denoising uses and the contiguous
+    copies einsum makes of both operands to form one matrix product, ``4 T d (2S + R)``; the
+    float64 pair accumulators of both directions, both float32 einsum results and one float64
+    copy, ``(2 x 8 + 2 x 4 + 8) S R``.
+
+    Activations: one gradient-carrying bridge run is alive at a time (the other run has no
+    gradient; EAP-IG's steps each free their graph): ``T (L b + 3 s d)`` with ``b`` =
+    :func:`bridge_layer_bytes` and the kept embeddings, plus the layer at work, ``T (b + t)``
+    with ``t`` = :func:`bridge_transient_bytes`. ``"exact"`` patching is not modelled (it
+    repeats each batch 16 times, without gradients).
+    """
+    tokens = batch * seq_len
+    buffers = BUFFER_BYTES * tokens * m.d_model * (3 * m.n_senders + 3 * m.n_receivers)
+    buffers += (2 * 8 + 2 * 4 + 8) * m.n_senders * m.n_receivers
+    layer = bridge_layer_bytes(m, s, seq_len)
+    at_work = layer + bridge_transient_bytes(m)
+    activations = tokens * (m.n_layers * layer + 3 * s * m.d_model + at_work)
+    return _estimate(
+        "attribution (EAP / EAP-IG, both directions)",
+        f"batch {batch} x {seq_len} tokens",
+        weights=weights,
+        activations=activations,
+        buffers=buffers + masks,
+    )
+
+
+def _faithfulness(
+    m: ModelShape, s: int, batch: int, seq_len: int, n_prompts: int, weights: int
+) -> StageEstimate:
+    """Circuit runs on the held-out prompts (``attribution.faithfulness``), no gradients.
+
+    ``_reference_runs`` keeps the corrupted run's senders and receivers of *every* batch:
+    ``4 n p d (S + R)`` for ``n`` prompts; per circuit batch a sender-difference buffer
+    ``4 T S d`` and, per patched receiver slot, at most ``4 T d (2S + 2H)`` (the differences of
+    its senders gathered by index and einsum's contiguous copy, the summed terms and the new
+    input); plus one bridge layer in flight (``T (b + t)``, no graph kept). Runs before the
+    snapshot exists.
+    """
+    tokens = batch * seq_len
+    refs = BUFFER_BYTES * n_prompts * seq_len * m.d_model * (m.n_senders + m.n_receivers)
+    delta = BUFFER_BYTES * tokens * m.n_senders * m.d_model
+    patch = BUFFER_BYTES * tokens * m.d_model * (2 * m.n_senders + 2 * m.n_heads)
+    logits = 3 * 4 * n_prompts * m.vocab
+    return _estimate(
+        "faithfulness (circuit runs)",
+        f"{n_prompts} held-out prompts x {seq_len} tokens",
+        weights=weights,
+        activations=tokens * (bridge_layer_bytes(m, s, seq_len) + bridge_transient_bytes(m)),
+        buffers=refs + delta + patch + logits,
+    )
+
+
+def _wagle(
+    m: ModelShape,
+    s: int,
+    batch: int,
+    seq_len: int,
+    pool: int,
+    elements: int,
+    weights: int,
+    masks: int,
+) -> StageEstimate:
+    """WAGLE scores and their top-k (``unlearn.wagle_scores``, ``top_mask``).
+
+    The larger of (a) the retain-gradient pass: ``grad_f`` kept, ``param.grad`` and its clone
+    ``grad_r``, ``3 s P``, plus one batch's training activations; (b) scoring: ``grad_f``,
+    ``grad_r`` and the scores, ``3 s P`` (no activations); (c) ``top_mask``: the scores
+    ``s P``, their float32 concatenation ``4 P``, the bool keep vector ``P`` and ``topk``'s
+    values and int64 indices ``12 k``.
+    """
+    grads = 3 * s * pool
+    acts = _training_activations(m, s, [(batch, seq_len)], False, "sdpa")
+    topk = (s + 4 + 1) * pool + 12 * elements
+    note = "gradients of forget and retain loss, then top-k"
+    if grads + acts >= topk:
+        return _estimate("mask: WAGLE scores", note, weights=weights, gradients=grads,
+                         activations=acts, buffers=masks)  # fmt: skip
+    return _estimate("mask: WAGLE scores", note, weights=weights, buffers=masks + topk)
+
+
+def _evaluation(
+    m: ModelShape, s: int, batch: int, seq_len: int, weights: int, masks: int
+) -> StageEstimate:
+    """``evaluate_model``: forward passes only (``no_grad``), batch 32, plain HF model.
+
+    Per token, the larger of one layer in flight, ``s (2d + max(3q + 2kv', 3I))`` (+ ``4d`` for
+    a norm's float32 upcast when ``s < 4``), and the unembedding: HF computes logits at every
+    position, and the MIA's ``token_logprobs`` takes ``logits.float().log_softmax(-1)``:
+    ``V (s + 4)`` in float32, ``V (s + 8)`` otherwise; plus the residual ``s d`` and the bool
+    padding mask ``b p^2`` (MIA, Rouge-L and lm-eval pad). ``final_logits`` keeps only the last
+    position, lm-eval takes a log-softmax in the weight dtype: both are below the MIA's peak.
+    """
+    d = m.d_model
+    upcast = 4 * d if s < 4 and m.model_type != "gpt2" else 0
+    layer = s * (2 * d + max(3 * m.q_dim + 2 * _kv_seen(m), 3 * m.d_mlp)) + upcast
+    head = m.vocab * (s + 4 + (4 if s != 4 else 0))
+    tokens = batch * seq_len
+    return _estimate(
+        "evaluation (FE, RU, MIA, Rouge-L, lm-eval)",
+        f"batch {batch} x {seq_len} tokens, forward only",
+        weights=weights,
+        activations=tokens * (max(layer, head) + s * d),
+        buffers=masks + _padding_masks([(batch, seq_len)], s, "sdpa"),
+    )
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def peak(stages: Sequence[StageEstimate]) -> StageEstimate:
+    """The stage with the most bytes."""
+    return max(stages, key=lambda st: st.bytes)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What :func:`largest_fit` found: a batch and length, its peak and the stage at the peak."""
+
+    batch: int
+    seq_len: int
+    peak_bytes: int
+    stage: str
+
+
+def _largest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """Largest ``x`` in ``[lo, hi]`` with ``ok(x)`` for ``ok`` true up to a point; ``lo - 1``
+    when ``ok(lo)`` is false."""
+    if not ok(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def largest_fit(
+    config: Mapping[str, Any],
+    budget_bytes: int,
+    *,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    max_batch: int = 4096,
+    max_seq_len: int | None = None,
+    stages: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Fit | None:
+    """The largest training batch and sequence length whose peak stays within ``budget_bytes``.
+
+    Every estimate grows with batch and length, so each is found by bisection. With ``seq_len``
+    given: the largest batch in ``[1, max_batch]``. With ``batch`` given: the longest sequence
+    in ``[1, max_seq_len]`` (default: the config's ``max_position_embeddings`` /
+    ``n_positions``). With neither: the longest sequence at batch 1, then the largest batch
+    at that length. With both: that configuration if it fits. ``None`` when nothing fits (for
+    instance when the weights alone, or a stage whose batch is fixed, exceed the budget).
+
+    ``stages`` restricts the peak to stages whose names start with one of the strings given;
+    ``kwargs`` go to :func:`stage_memory` (``dtype``, ``mask_ratio``, ...). The attribution and
+    evaluation batches stay as given there: lower them (``attribution_batch``,
+    ``eval_batch``) when those stages are the ones at the peak.
+    """
+    if max_seq_len is None:
+        max_seq_len = model_shape(config).n_positions
+
+    def worst(b: int, length: int) -> StageEstimate:
+        found = stage_memory(config, batch=b, seq_len=length, **kwargs)
+        if stages is not None:
+            found = [st for st in found if st.name.startswith(tuple(stages))]
+            if not found:
+                raise ValueError(f"no stage name starts with any of {list(stages)}")
+        return peak(found)
+
+    def fits(b: int, length: int) -> bool:
+        return worst(b, length).bytes <= budget_bytes
+
+    if seq_len is None:
+        b0 = batch or 1
+        seq_len = _largest(1, max_seq_len, lambda length: fits(b0, length))
+        if seq_len < 1:
+            return None
+    if batch is None:
+        length = seq_len
+        batch = _largest(1, max_batch, lambda b: fits(b, length))
+        if batch < 1:
+            return None
+    if not fits(batch, seq_len):
+        return None
+    top = worst(batch, seq_len)
+    return Fit(batch, seq_len, top.bytes, top.name)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.2f}"
+
+
+def format_plan(
+    stages: Sequence[StageEstimate], memory_gb: float | None = None, title: str | None = None
+) -> str:
+    """A Markdown table (stage | weights | grads | optimizer | activations | buffers | total,
+    in GB of 10^9 bytes) and a line with the peak and, given ``memory_gb`` (``--memory GB``),
+    whether it fits."""
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        "| stage | weights | grads | optimizer | activations | buffers | total GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for st in stages:
+        cells = [_gb(st.breakdown.get(k, 0)) for k in PARTS]
+        lines.append(f"| {st.name} | {' | '.join(cells)} | **{_gb(st.bytes)}** |")
+    top = peak(stages)
+    line = f"Peak: {_gb(top.bytes)} GB ({top.name})"
+    if memory_gb is not None:
+        spare = memory_gb * GB - top.bytes
+        verdict = "fits" if spare >= 0 else "does NOT fit"
+        line += f"; {verdict} in --memory {memory_gb:g} GB ({spare / GB:+.2f} GB to spare)"
+    return "\n".join([*lines, "", line + "."])

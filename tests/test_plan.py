@@ -1,0 +1,258 @@
+"""The memory planner (``clue_mi.plan``): parameter counts against real modules, the optimizer
+and buffer arithmetic against the code that allocates them, and the fit search."""
+
+from __future__ import annotations
+
+import pytest
+
+from clue_mi import plan
+
+# The embedded SmolLM2-135M-Instruct's config.json (as ``models`` caches it), architecture keys.
+SMOLLM2 = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "max_position_embeddings": 8192,
+}
+SMOLLM2_POOL = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)  # q, o, k, v, MLP
+
+
+def _stage(stages: list[plan.StageEstimate], prefix: str) -> plan.StageEstimate:
+    (found,) = [st for st in stages if st.name.startswith(prefix)]
+    return found
+
+
+def _meta_numel(config: dict) -> int:
+    """Distinct parameters of the real HF module, built on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    rest = {k: v for k, v in config.items() if k != "model_type"}
+    hf_config = AutoConfig.for_model(config["model_type"], **rest)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_smollm2_parameter_count():
+    counts = plan.param_counts(SMOLLM2)
+    assert counts["total"] == 134_515_008  # = the 272 tensors of the cached safetensors file
+    assert counts["embedding"] == 49152 * 576
+    assert counts["lm_head"] == 0  # tied
+    assert counts["layer_matrices"] == SMOLLM2_POOL == 106_168_320
+    assert counts["per_layer"] == 3_540_096
+    shape = plan.model_shape(SMOLLM2)
+    # The edge graph's buffer widths (BENCHMARKS.md: [b, p, 301, 576] and [b, p, 481, 576]).
+    assert (shape.n_senders, shape.n_receivers) == (301, 481)
+
+
+def test_tiny_model_counts_match_its_parameters(tiny):
+    from clue_mi.graph import graph_for
+    from clue_mi.masks import matrix_sizes
+
+    config = tiny.original_model.config.to_dict()
+    counts = plan.param_counts(config)
+    assert counts["total"] == sum(p.numel() for p in tiny.original_model.parameters())
+    sizes = matrix_sizes(tiny)  # the pool of masks, per kind and layer
+    assert counts["layer_matrices"] == sum(sum(v) for v in sizes.values())
+    for kind, per_layer in sizes.items():
+        assert counts[kind] == sum(per_layer), kind  # the tiny model has no biases
+    graph = graph_for(tiny)
+    shape = plan.model_shape(config)
+    assert (shape.n_senders, shape.n_receivers) == (graph.n_senders, graph.n_receivers)
+
+
+def test_7b_totals_and_the_real_modules():
+    llama, zephyr = plan.bundled_config("llama-2-7b"), plan.bundled_config("zephyr-7b-beta")
+    assert plan.param_counts(llama)["total"] == 6_738_415_616
+    assert plan.param_counts(zephyr)["total"] == 7_241_732_096
+    assert plan.param_counts(llama)["lm_head"] == 32000 * 4096  # untied
+    assert _meta_numel(llama) == 6_738_415_616
+    assert _meta_numel(zephyr) == 7_241_732_096
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # GPT-2 small (fused c_attn, biases, learned positions, tied head): 124,439,808.
+        {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257},
+        # Qwen2: q/k/v biases, no o bias, tied head.
+        {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 160,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "vocab_size": 1000, "tie_word_embeddings": True},
+        # Llama with every bias and an explicit head_dim.
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "head_dim": 32,
+         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 1,
+         "vocab_size": 500, "attention_bias": True, "mlp_bias": True},
+    ],
+)  # fmt: skip
+def test_counts_match_hf_modules(config):
+    assert plan.param_counts(config)["total"] == _meta_numel(config)
+
+
+def test_gpt2_small_total():
+    gpt2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}
+    assert plan.param_counts(gpt2)["total"] == 124_439_808
+
+
+def test_supported_types_follow_models():
+    from clue_mi.models import SUPPORTED_MODEL_TYPES
+
+    assert plan.SUPPORTED_MODEL_TYPES == SUPPORTED_MODEL_TYPES
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def test_optimizer_bytes_scale_with_mask_ratio_exactly():
+    def optimizer(prefix: str, **kw) -> int:
+        return _stage(plan.stage_memory(SMOLLM2, **kw), prefix).breakdown["optimizer"]
+
+    base = "train: baseline mask"
+    quarter, half = optimizer(base, mask_ratio=0.25), optimizer(base, mask_ratio=0.5)
+    assert half == 2 * quarter == 12 * (SMOLLM2_POOL // 2)  # 2 x 4 moments + int32 position
+    # Stage 2 holds mask_ratio - forget_ratio; with no forget mask it equals the baseline.
+    assert optimizer("train stage 2", mask_ratio=0.5, forget_ratio=0.0) == half
+    assert optimizer("train stage 1", mask_ratio=0.5, forget_ratio=0.25) == quarter
+    # A full pool is dense: no positions. bfloat16 moments are 2 bytes each.
+    assert optimizer(base, mask_ratio=1.0) == 8 * SMOLLM2_POOL
+    assert optimizer(base, mask_ratio=0.5, dtype="bfloat16") == 8 * (SMOLLM2_POOL // 2)
+    assert optimizer("train: all weights") == 8 * 134_515_008
+    # Conflict elements in whole matrices need no int32 position.
+    whole = optimizer("train stage 2", mask_ratio=0.5, forget_ratio=0.0, whole_share=1.0)
+    assert whole == 8 * (SMOLLM2_POOL // 2)
+    some = optimizer("train stage 2", mask_ratio=0.5, forget_ratio=0.0, whole_share=0.5)
+    assert some == 8 * (SMOLLM2_POOL // 2) + 4 * (SMOLLM2_POOL // 4)
+
+
+def test_optimizer_bytes_match_masked_adamw(tiny):
+    from clue_mi import masks as M
+    from clue_mi import unlearn as U
+
+    config = tiny.original_model.config.to_dict()
+    pool = plan.param_counts(config)["layer_matrices"]
+    size = pool // 10
+    mask = U.random_mask(tiny, size, seed=0)
+    state = U.MaskedAdamW(U._entries(tiny, mask), lr=1e-5).state_bytes()
+    stages = plan.stage_memory(config, mask_ratio=size / pool)
+    assert _stage(stages, "train: baseline mask").breakdown["optimizer"] == state
+    full = U.MaskedAdamW(U._entries(tiny, M.full_mask(tiny)), lr=1e-5).state_bytes()
+    assert _stage(stages, "train: all weights").breakdown["optimizer"] == full
+
+
+def test_bf16_halves_weight_and_gradient_bytes():
+    fp32 = plan.stage_memory(SMOLLM2, dtype="float32")
+    bf16 = plan.stage_memory(SMOLLM2, dtype="bfloat16")
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a.name == b.name
+        assert a.breakdown["weights"] == 2 * b.breakdown["weights"] > 0
+        assert a.breakdown["gradients"] == 2 * b.breakdown["gradients"]
+    # Outside the experiment there is no snapshot: the weights are exactly s x N.
+    alone = plan.stage_memory(SMOLLM2, dtype="bfloat16", experiment=False)
+    assert _stage(alone, "evaluation").breakdown["weights"] == 2 * 134_515_008
+
+
+def test_bytes_are_the_sum_of_the_breakdown():
+    for st in plan.stage_memory(plan.bundled_config("zephyr-7b-beta"), dtype="bf16"):
+        assert st.bytes == sum(st.breakdown.values())
+        assert set(st.breakdown) == set(plan.PARTS)
+
+
+def test_attribution_buffers_grow_with_the_buffer_shapes():
+    """Per prompt: ``[p, S, d]`` sender differences + two ``[p, R, d]`` gradient buffers, and at
+    the contraction the negated differences and einsum's copies of both operands."""
+
+    def buffers(batch: int) -> int:
+        stages = plan.stage_memory(SMOLLM2, attribution_batch=batch, prompt_len=15)
+        return _stage(stages, "attribution").breakdown["buffers"]
+
+    allocated = 4 * 15 * 576 * (301 + 2 * 481)  # the [b, p, 301, 576] and [b, p, 481, 576]s
+    at_einsum = 4 * 15 * 576 * (2 * 301 + 481)
+    assert buffers(9) - buffers(8) == allocated + at_einsum
+
+
+def test_training_layer_formula_by_hand():
+    shape = plan.model_shape(SMOLLM2)
+    # 2 float32 norm inputs + s (2d + q + 2 repeated kv + 2q) + 4H + s 4I, s = 4.
+    by_hand = 2 * 4 * 576 + 4 * (1152 + 576 + 1152 + 1152) + 4 * 9 + 4 * 4 * 1536
+    assert plan.train_layer_bytes(shape, 4, 32) == by_hand == 45_348
+    assert plan.train_layer_bytes(shape, 4, 32, "eager") == by_hand + 4 * 9 * 32
+
+
+def test_stage_two_holds_both_batches():
+    def acts(prefix: str, **kw) -> int:
+        return _stage(plan.stage_memory(SMOLLM2, **kw), prefix).breakdown["activations"]
+
+    assert acts("train stage 2") > acts("train stage 1")
+    assert acts("train stage 2", retain=False) == acts("train stage 1")
+    assert acts("train stage 1", checkpointing=True) < acts("train stage 1")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="forget_ratio"):
+        plan.stage_memory(SMOLLM2, mask_ratio=0.1, forget_ratio=0.2)
+    with pytest.raises(ValueError, match="dtype"):
+        plan.stage_memory(SMOLLM2, dtype="int8")
+    with pytest.raises(ValueError, match="not supported"):
+        plan.param_counts({"model_type": "bert", "hidden_size": 8})
+    with pytest.raises(ValueError, match="bundled"):
+        plan.bundled_config("nope")
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _peak(batch: int, seq_len: int, config=SMOLLM2, stages=("train",), **kw) -> int:
+    found = plan.stage_memory(config, batch=batch, seq_len=seq_len, **kw)
+    return plan.peak([st for st in found if st.name.startswith(stages)]).bytes
+
+
+@pytest.mark.parametrize("fixed", ["seq_len", "batch", "neither"])
+def test_largest_fit_is_within_budget_and_the_next_step_is_not(fixed):
+    budget = 6 * plan.GB
+    given = {"seq_len": {"seq_len": 64}, "batch": {"batch": 8}, "neither": {}}[fixed]
+    fit = plan.largest_fit(SMOLLM2, budget, stages=("train",), **given)
+    assert fit is not None
+    assert fit.peak_bytes == _peak(fit.batch, fit.seq_len) <= budget
+    if fixed != "batch":
+        assert fit.batch < 4096 and _peak(fit.batch + 1, fit.seq_len) > budget
+    if fixed != "seq_len":
+        assert fit.seq_len < 8192 and _peak(given.get("batch", 1), fit.seq_len + 1) > budget
+    assert fit.stage.startswith("train")
+
+
+def test_nothing_fits_when_a_fixed_cost_does_not():
+    llama = plan.bundled_config("llama-2-7b")
+    assert plan.largest_fit(llama, 8 * plan.GB, dtype="bf16") is None  # 13.5 GB of weights
+    # WAGLE's top-k over 0.746 P (float32 values, int64 indices) needs > 141 GB at any length.
+    wagle = _stage(plan.stage_memory(llama, dtype="bf16", batch=1, seq_len=1), "mask: WAGLE")
+    assert wagle.bytes > 141 * plan.GB
+    assert plan.largest_fit(llama, 141 * plan.GB, dtype="bf16", prompt_len=32) is None
+    fit = plan.largest_fit(
+        llama, 141 * plan.GB, dtype="bf16", seq_len=512, prompt_len=32, attribution_batch=4,
+        baselines=False,
+    )  # fmt: skip
+    assert fit is not None and fit.peak_bytes <= 141 * plan.GB
+
+
+def test_format_plan():
+    stages = plan.stage_memory(plan.bundled_config("llama-2-7b"), dtype="bfloat16")
+    text = plan.format_plan(stages, memory_gb=80, title="Llama-2-7B, bf16")
+    assert "| stage | weights | grads | optimizer | activations | buffers | total GB |" in text
+    assert sum(line.startswith("| train") for line in text.splitlines()) == 4
+    top = plan.peak(stages)
+    assert f"Peak: {top.bytes / plan.GB:.2f} GB ({top.name})" in text
+    assert ("does NOT fit" in text) == (top.bytes > 80 * plan.GB)
+    assert "fits in --memory 1000 GB" in plan.format_plan(stages, memory_gb=1000)
