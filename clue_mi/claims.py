@@ -55,8 +55,9 @@ def aggregate_seeds(rows_by_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> 
         keys = list(SEED_METRICS) + sorted({f"ru.{t}" for r in per_seed for t in r.get("ru", {})})
         stats: dict[str, Any] = {"seeds": len(per_seed)}
         for key in keys:
-            values = [_get(r, key) for r in per_seed]
-            if values and all(v is not None and math.isfinite(v) for v in values):
+            got = [_get(r, key) for r in per_seed]
+            values = [v for v in got if v is not None and math.isfinite(v)]
+            if values and len(values) == len(got):
                 mean, std = mean_std(values)
                 stats[key] = {"mean": mean, "std": std, "values": values}
         out[method] = stats

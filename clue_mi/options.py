@@ -65,11 +65,13 @@ def check_choice(value: Any, name: str, choices: Sequence[str], flag: str | None
     return value
 
 
-def check_unique(values: Sequence[str], name: str, flag: str | None = None) -> None:
+def check_unique(values: Sequence[Any], name: str, flag: str | None = None) -> None:
     """No value may appear twice (a repeated task or method would be run or counted twice)."""
     repeated = sorted(v for v, count in Counter(values).items() if count > 1)
     if repeated:
-        raise OptionError(f"{_label(name, flag)} lists {', '.join(repeated)} more than once")
+        raise OptionError(
+            f"{_label(name, flag)} lists {', '.join(map(str, repeated))} more than once"
+        )
 
 
 def check_device(device: str | None, flag: str = "--device") -> str | None:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -136,7 +136,8 @@ class _Context:
         self.pool_size = sum(sum(v) for v in mask_lib.matrix_sizes(self.model).values())
 
     def forget(self, loss: str) -> list[str]:
-        return forget_data(self.forget_task, loss)
+        """Prompts (PO) or sentences (GA, NPO); ``loss`` was checked by ``PaperConfig``."""
+        return forget_data(self.forget_task, cast(LossName, loss))
 
     def measure(self) -> dict[str, Any]:
         """FE, FE phrasings and RU with bootstrap intervals, on the current weights."""
@@ -170,8 +171,8 @@ class _Context:
         first, second = losses or (self.cfg.loss, self.cfg.loss)
         e1, e2 = balanced_epochs(self.model, forget_mask, conflict_mask, self.cfg.epochs)[0]
         return [
-            Stage(forget_mask, first, self.forget(first), e1, 0.0),  # type: ignore[arg-type]
-            Stage(conflict_mask, second, self.forget(second), e2, self.cfg.lam),  # type: ignore[arg-type]
+            Stage(forget_mask, cast(LossName, first), self.forget(first), e1, 0.0),
+            Stage(conflict_mask, cast(LossName, second), self.forget(second), e2, self.cfg.lam),
         ]
 
     def one_stage(self, mask) -> list[Stage]:

@@ -93,6 +93,21 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
         "tests/test_bad_inputs.py::test_run_killed_in_training_resumes_to_the_same_table",
         example="clue-mi run --resume runs/run-20261201-000000",
     ),
+    "python benchmarks/sweep_operating_point.py": Run(
+        "python benchmarks/sweep_operating_point.py --quick", expect="| GA | 0.0001 | 2 |"
+    ),
+    "clue-mi paper": Covered(
+        "tests/test_paper.py::test_quick_paper_has_every_row_and_figure", example="clue-mi paper"
+    ),
+    # run exactly as written (in a fresh process and an empty folder) by tests/test_paper.py
+    "clue-mi paper --quick --model tiny-llama": Covered(
+        "tests/test_paper.py::test_quick_paper_has_every_row_and_figure",
+        example="clue-mi paper --quick --model tiny-llama",
+    ),
+    "clue-mi paper --resume DIR": Covered(
+        "tests/test_paper.py::test_interrupted_paper_resumes_only_what_is_missing",
+        example="clue-mi paper --resume runs/paper-20261202-000000",
+    ),
     "python benchmarks/task_baselines.py": Run(
         "python benchmarks/task_baselines.py --model tiny-llama --n-eval 8", expect="| ioi |"
     ),
