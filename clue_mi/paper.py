@@ -46,6 +46,7 @@ from clue_mi.tasks import Task
 from clue_mi.timing import stage
 from clue_mi.unlearn import (
     Stage,
+    balanced_epochs,
     forget_data,
     random_mask,
     retain_data,
@@ -166,8 +167,6 @@ class _Context:
     ) -> list[Stage]:
         """CLUE's two stages (forget mask: forget loss; conflict mask: + lam * retain loss),
         with an empty stage's epochs given to the other, as ``unlearn`` does."""
-        from clue_mi.unlearn import balanced_epochs
-
         first, second = losses or (self.cfg.loss, self.cfg.loss)
         e1, e2 = balanced_epochs(self.model, forget_mask, conflict_mask, self.cfg.epochs)[0]
         return [
@@ -192,6 +191,7 @@ class _Context:
 
 
 def _keep_budget(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` without those whose mask is empty, their epochs given to the first other."""
     full = [i for i, st in enumerate(stages) if mask_lib.mask_size(st.mask) > 0]
     if not full or len(full) == len(stages):
         return list(stages)

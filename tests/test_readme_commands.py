@@ -104,6 +104,10 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
         "tests/test_paper.py::test_quick_paper_has_every_row_and_figure",
         example="clue-mi paper --quick --model tiny-llama",
     ),
+    "clue-mi paper --out runs/paper": Covered(
+        "tests/test_paper.py::test_quick_paper_has_every_row_and_figure",
+        example="clue-mi paper --out runs/paper",
+    ),
     "clue-mi paper --resume DIR": Covered(
         "tests/test_paper.py::test_interrupted_paper_resumes_only_what_is_missing",
         example="clue-mi paper --resume runs/paper-20261202-000000",
