@@ -45,6 +45,7 @@ from clue_mi.score_cache import attribution_scores
 from clue_mi.tasks import Task
 from clue_mi.timing import stage
 from clue_mi.unlearn import (
+    LossName,
     Stage,
     balanced_epochs,
     forget_data,

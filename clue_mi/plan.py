@@ -491,7 +491,8 @@ def stage_memory(
     trained = weights + snapshot  # the snapshot lives from the localization on
 
     def train(name: str, note: str, elements: int, positions: int, **kw: Any) -> StageEstimate:
-        kw = {"grad_elements": pool, "batches": both, "masks": clue_masks} | kw
+        defaults: dict[str, Any] = {"grad_elements": pool, "batches": both, "masks": clue_masks}
+        kw = defaults | kw
         return _train_stage(
             name, note, m, s, elements=elements, positions=positions, weights=trained,
             checkpointing=checkpointing, attention=attention, **kw,
