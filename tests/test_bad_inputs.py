@@ -75,7 +75,7 @@ CASES = [
     ("resume-missing", ["run", "--resume", "{existing}/nothing"], ["no such run folder"]),
     ("resume-finished", ["run", "--resume", "{finished}"], ["finished run", "not rewritten"]),
     ("resume-other-options", ["run", "--resume", "{unfinished}", "--lr", "0.1"],
-     ["other options", "lr: 0.1 given, 0.0003 recorded", "give only --resume"]),
+     ["other options", "lr: 0.1 given, 0.0001 recorded", "give only --resume"]),
     ("resume-and-out", ["run", "--resume", "{unfinished}", "--out", "{existing}/new"],
      ["not both"]),
     ("resume-garbled-config", ["run", "--resume", "{garbled}"], ["config.json", "unreadable"]),

@@ -396,6 +396,8 @@ def test_evaluate_model_intervals_are_bootstraps_of_the_prompt_outcomes(tiny):
     assert out["ci"]["fe"][0] <= out["fe"] <= out["ci"]["fe"][1]
     low, high = out["ci"]["ru"]["ioi"]
     assert low <= out["ru"]["ioi"] <= high
-    assert set(out["ci"]) == {"fe", "fe_phrasings", "ru", "mia_auc"}
+    assert set(out["ci"]) == {"fe", "fe_phrasings", "ru", "ru_mean", "mia_auc"}
+    # one retain task: the pooled RU mean is that task's accuracy, with the same interval
+    assert out["ci"]["ru_mean"] == out["ci"]["ru"]["ioi"] and out["ru_mean"] == out["ru"]["ioi"]
     low, high = out["ci"]["mia_auc"]  # the MIA's bootstrap over member and non-member texts
     assert low <= out["mia_auc"] <= high and 0.0 <= out["mia_ties"] <= 1.0
