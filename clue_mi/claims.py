@@ -215,11 +215,17 @@ def table3_claim(before: Mapping[str, int], after: Mapping[str, int] | None) -> 
     return claim.decide([outcome])
 
 
+def conflicts_by_k(data: Mapping[str, Any]) -> dict[int, list[int]]:
+    """Conflict counts of the retain subsets (Figure 3a), grouped by subset size."""
+    per_k: dict[int, list[int]] = {}
+    for subset in data["subsets"]:
+        per_k.setdefault(subset["k"], []).append(subset["conflict"])
+    return per_k
+
+
 def figure3a_claims(data: Mapping[str, Any]) -> list[Claim]:
     grow = Claim("Figure 3a", "conflicts grow with the number of retain tasks")
-    per_k: dict[int, list[int]] = {}
-    for s in data["subsets"]:
-        per_k.setdefault(s["k"], []).append(s["conflict"])
+    per_k = conflicts_by_k(data)
     means = [sum(v) / len(v) for _, v in sorted(per_k.items())]
     steps: list[Outcome] = ["higher" if b > a else "lower" if b < a else "within spread"
                             for a, b in zip(means, means[1:], strict=False)]  # fmt: skip
@@ -314,8 +320,9 @@ def summarize(out: Path, cfg) -> dict[str, Any]:
     sizes_after = None if after is None else {
         c: len(getattr(after, c)) for c in ("forget", "conflict", "retain", "safe")
     }  # fmt: skip
-    parts = {name: _read(out, name) for name in
-             ("ablations", "ratios", "retain_tasks", "sparsity", "neurons")}  # fmt: skip
+    from clue_mi.paper import PARTS
+
+    parts = {name: _read(out, name) for name in PARTS}
     claims = table1_claims(agg, cfg.run.loss)
     claims.append(table2_claim(clue0, parts["ablations"] or []))
     claims.append(table3_claim(sizes, sizes_after))
@@ -448,9 +455,7 @@ def plot_ratios(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def plot_retain_tasks(data: Mapping[str, Any], path: Path) -> Path:
     """Figure 3a: conflicts (mean, min–max over subsets) and CLUE's FE against k."""
     fig, (ax_c, ax_fe) = plt.subplots(1, 2, figsize=(10, 3.8))
-    per_k: dict[int, list[int]] = {}
-    for s in data["subsets"]:
-        per_k.setdefault(s["k"], []).append(s["conflict"])
+    per_k = conflicts_by_k(data)
     ks = sorted(per_k)
     means = [sum(per_k[k]) / len(per_k[k]) for k in ks]
     ax_c.errorbar(ks, means, yerr=[[m - min(per_k[k]) for k, m in zip(ks, means, strict=True)],
