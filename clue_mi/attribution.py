@@ -67,6 +67,7 @@ __all__ = [
 
 DIRECTIONS = ("noising", "denoising")
 METHODS = ("eap", "eap-ig", "exact")
+FAITHFULNESS_PROMPTS = 32  # held-out pairs a circuit's faithfulness is measured on
 
 UNEMBED_IN = "unembed.hook_in"
 
@@ -727,9 +728,10 @@ def find_circuit(
 ) -> Circuit:
     """Attribute, select (``top_n`` wins over ``sparsity``), and record faithfulness.
 
-    Faithfulness is measured on the task's held-out eval split when ``task`` is a ``Task`` with
-    one (the circuit was chosen on its attribution prompts), else on the given prompts; graph
-    attribute ``faithfulness_split`` says which. Pass precomputed ``scores`` to skip attribution.
+    Faithfulness is measured on the first :data:`FAITHFULNESS_PROMPTS` prompts of the task's
+    held-out eval split when ``task`` is a ``Task`` with one (the circuit was chosen on its
+    attribution prompts), else on the given prompts; graph attribute ``faithfulness_split``
+    says which. Pass precomputed ``scores`` to skip attribution.
     """
     _check(direction, method, steps)
     graph = graph_for(model)
@@ -751,7 +753,10 @@ def find_circuit(
         n_prompts=len(prompts),
     )
     held_out = isinstance(task, Task) and len(task.eval) > 0
-    target = task.eval if isinstance(task, Task) and held_out else prompts
+    target = prompts
+    if isinstance(task, Task) and held_out:
+        # A circuit run per batch is the cost, and eval splits grow to 128 for accuracy.
+        target = task.eval.head(FAITHFULNESS_PROMPTS)
     with stage("faithfulness"):
         circuit.graph["faithfulness"] = faithfulness(model, target, circuit, batch_size)
     circuit.graph["faithfulness_split"] = "eval" if held_out else "prompts"

@@ -27,7 +27,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from clue_mi import rundir  # noqa: E402
-from clue_mi.report import _save, category_table, load_results, method_label  # noqa: E402
+from clue_mi.report import (  # noqa: E402
+    _save,
+    category_table,
+    eval_sizes_text,
+    load_results,
+    method_label,
+)
 from clue_mi.stats import Interval, format_interval, mean_std, seed_interval, separated  # noqa: E402
 
 Outcome = Literal["higher", "lower", "within spread"]
@@ -483,6 +489,7 @@ def write_paper_report(out: str | Path, cfg, seconds: float | None = None) -> Pa
     summary = summarize(out, cfg)
     rundir.write_json(out / "paper.json", summary)
     run, retain = cfg.run, list(cfg.run.pipeline.retain)
+    rows0 = load_results(out / f"seed{cfg.seeds[0]}")
     plot_table1(summary["table1"], run.loss, out / "table1.png")
     figures = {"table1": "table1.png"}
     if summary["ratios"]:
@@ -508,8 +515,8 @@ def write_paper_report(out: str | Path, cfg, seconds: float | None = None) -> Pa
         f"Model `{run.model or 'SmolLM2-135M-Instruct (embedded)'}`; forget `{p.forget}`; retain "
         f"{', '.join(f'`{t}`' for t in retain)}; loss {run.loss.upper()}, lr {run.lr:g}, epochs "
         f"{run.epochs[0]} + {run.epochs[1]}, λ {run.lam:g}; circuits {p.method}, sparsity "
-        f"{p.sparsity}, {p.n} attribution and {p.n_eval} eval prompts per task; seeds "
-        f"{', '.join(map(str, cfg.seeds))}."
+        f"{p.sparsity}, {p.n} attribution prompts per task; seeds "
+        f"{', '.join(map(str, cfg.seeds))}. {eval_sizes_text(rows0, p.forget)}"
         + (" **Quick smoke run: numbers are not meaningful.**" if run.quick else ""),
         "",
         f"Verdicts: {verdicts.count('reproduced')} reproduced, "

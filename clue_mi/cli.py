@@ -24,7 +24,7 @@ from clue_mi.options import (
 # Budgets of a full run and of a --quick smoke run; an option given explicitly always wins.
 # The quick sparsity is lower because a small graph (tiny-llama: 106 edges) keeps no
 # input -> logits path at 0.95: its top 6 edges do not connect.
-DEFAULTS = {"n": 32, "n_eval": 32, "steps": 5, "sparsity": 0.95, "epochs": (1, 1)}
+DEFAULTS = {"n": 32, "n_eval": None, "steps": 5, "sparsity": 0.95, "epochs": (1, 1)}
 QUICK = {"n": 8, "n_eval": 8, "steps": 2, "sparsity": 0.5, "epochs": (1, 1)}
 
 
@@ -68,7 +68,8 @@ def _load(args: argparse.Namespace):
 def _check_model_args(args: argparse.Namespace) -> None:
     """The options of discover, which has no config dataclass to check them."""
     check_int(args.n, "n", 1, "--n")
-    check_int(args.n_eval, "n_eval", 1, "--n-eval")
+    if args.n_eval is not None:
+        check_int(args.n_eval, "n_eval", 1, "--n-eval")
     check_seed(args.seed)
     check_int(args.steps, "steps", 1, "--steps")
     check_float(args.sparsity, "sparsity", "--sparsity", "in [0, 1)", lambda s: 0.0 <= s < 1.0)
@@ -263,7 +264,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, a path, or hub id")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--n", type=int, default=None, help="attribution prompts per task (32)")
-    p.add_argument("--n-eval", type=int, default=None, help="held-out prompts per task (32)")
+    p.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help="held-out prompts per task (default: every usable one, at most 128)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="eap", choices=["eap", "eap-ig", "exact"])
     p.add_argument("--steps", type=int, default=None, help="EAP-IG interpolation steps (5)")

@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from clue_mi.models import hf_model, plain_hf_model
+from clue_mi.models import hf_model, is_bridged, plain_hf_model
 from clue_mi.stats import bootstrap_auc, bootstrap_mean, tied_fraction
 from clue_mi.tasks import PromptSet, Task, choice_accuracy
 from clue_mi.tasks.builtin import CAPITAL_TEMPLATES, CAPITALS
@@ -120,11 +120,18 @@ def _padding_side(tokenizer, side: str) -> Iterator[None]:
 def final_logits(
     model, tokens: Int[Tensor, "n pos"], batch_size: int = 32
 ) -> Float[Tensor, "n vocab"]:
-    """Logits at the last position of equal-length prompts (no padding needed)."""
+    """Logits at the last position of equal-length prompts (no padding needed).
+
+    ``logits_to_keep=1`` applies the unembedding to the last position only: the vocabulary
+    projection of every other position was a fifth of an eval forward on SmolLM2-135M.
+    """
     module = hf_model(model)
     device = _device(module)
     out = [
-        module(input_ids=tokens[i : i + batch_size].to(device)).logits[:, -1].float().cpu()
+        module(input_ids=tokens[i : i + batch_size].to(device), logits_to_keep=1)
+        .logits[:, -1]
+        .float()
+        .cpu()
         for i in range(0, len(tokens), batch_size)
     ]
     return torch.cat(out)
@@ -196,7 +203,8 @@ def accuracy_metrics(
     the accuracy part of :func:`evaluate_model` (seconds, not the minute GU / MIA take).
 
     Keys ``fe``, ``forget_acc``, ``fe_phrasings`` (None without phrasings), ``ru`` (per
-    task), ``ru_mean``, ``finite`` and ``ci`` (``fe``, ``fe_phrasings``, ``ru`` per task and
+    task), ``ru_mean``, ``finite``, ``eval_sizes`` (prompts behind ``fe``, ``fe_phrasings``
+    and each ``ru``) and ``ci`` (``fe``, ``fe_phrasings``, ``ru`` per task and
     ``ru_mean``, the interval of the mean over every retain prompt pooled: the tasks have
     equal eval splits by default, where the pooled mean is ``ru_mean``).
     """
@@ -220,6 +228,11 @@ def accuracy_metrics(
     if pooled:
         out["ci"]["ru_mean"] = _interval(torch.cat(pooled))
     out["finite"] = finite
+    out["eval_sizes"] = {
+        "fe": len(forget_task.eval),
+        "fe_phrasings": None if forget_task.phrasings is None else len(forget_task.phrasings),
+        "ru": {task.name: len(task.eval) for task in retain_tasks},
+    }
     return out
 
 
@@ -422,6 +435,10 @@ def greedy_continuations(
     """
     module, tok = hf_model(model), _tokenizer(model, tokenizer)
     device = _device(module)
+    # The bridge's attention ignores past key/values, so a cached step there attends to the new
+    # token alone and is not greedy (measured: logit 1.53 chosen over 4.42): recompute the whole
+    # prefix each step. A plain HF model (``plain_hf_model``, what evaluate_model passes) caches.
+    use_cache = not is_bridged(module)
     out: list[str] = []
     # Left padding keeps every prompt's last token at the end, where generation starts.
     with _padding_side(tok, "left"):
@@ -433,10 +450,7 @@ def greedy_continuations(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id,
-                # The bridge's attention ignores past key/values, so a cached step attends to the
-                # new token alone and is not greedy (measured: logit 1.53 chosen over 4.42).
-                # Recomputing the whole prefix each step is exact and cheap for 8 new tokens.
-                use_cache=False,
+                use_cache=use_cache,
                 # Unset sampling defaults of the model's generation config (avoids warnings).
                 temperature=None,
                 top_p=None,

@@ -108,6 +108,11 @@ def resolve(root: object, dotted: str) -> Any:
     return obj
 
 
+def is_bridged(module: torch.nn.Module) -> bool:
+    """Whether an HF module's submodules are wrapped by TransformerBridge components."""
+    return any(_BRIDGE_INFIX in n for n, _ in module.named_parameters(remove_duplicate=False))
+
+
 def plain_hf_model(model, attn_implementation: str | None = "sdpa") -> Any:
     """A plain HF model whose parameters *are* ``model``'s (no copy, no bridge hooks).
 
@@ -117,7 +122,7 @@ def plain_hf_model(model, attn_implementation: str | None = "sdpa") -> Any:
     parameter is seen by the bridge. A plain HF model is returned as is.
     """
     hf = hf_model(model)
-    if not any(_BRIDGE_INFIX in n for n, _ in hf.named_parameters(remove_duplicate=False)):
+    if not is_bridged(hf):
         return hf
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with torch.device("meta"):

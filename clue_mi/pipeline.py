@@ -29,6 +29,8 @@ from clue_mi.score_cache import attribution_scores
 from clue_mi.tasks import Task
 from clue_mi.timing import stage
 
+FORGET_EVAL = 32  # facts of the forget set by default (its eval split; see PipelineConfig)
+
 
 @dataclass
 class PipelineConfig:
@@ -37,7 +39,10 @@ class PipelineConfig:
     forget: str = tasks.DEFAULT_FORGET
     retain: tuple[str, ...] = tasks.DEFAULT_RETAIN
     n: int = 32  # attribution prompts per task
-    n_eval: int = 32  # held-out prompts per task
+    # Held-out prompts per task. None: every usable pair (at most 128) for the retain tasks, and
+    # FORGET_EVAL facts for the forget task, whose eval split is also the forget set that
+    # unlearning trains on: growing it would change the experiment, not only its precision.
+    n_eval: int | None = None
     seed: int = 0
     # EAP-IG (steps=5) costs ~3x EAP (BENCHMARKS.md); the default run computes 20 circuits, so
     # on a 2-core CPU it uses EAP. Pass method="eap-ig" for the paper's setting.
@@ -78,7 +83,8 @@ class PipelineConfig:
         """Ranges of the numeric options (one-line ``OptionError`` naming option and range)."""
         check_unique(self.retain, "retain", "--retain")
         check_int(self.n, "n", 1, "--n")
-        check_int(self.n_eval, "n_eval", 1, "--n-eval")
+        if self.n_eval is not None:
+            check_int(self.n_eval, "n_eval", 1, "--n-eval")
         check_seed(self.seed)
         check_choice(self.method, "method", METHODS, "--method")
         check_int(self.steps, "steps", 1, "--steps")
@@ -97,8 +103,10 @@ class PipelineConfig:
 
 def load_tasks(model, config: PipelineConfig) -> dict[str, Task]:
     """Build the forget task and every retain task for ``model``."""
+    sizes = {name: config.n_eval for name in config.retain}
+    sizes[config.forget] = FORGET_EVAL if config.n_eval is None else config.n_eval
     return {
-        name: tasks.get(name, model, n=config.n, n_eval=config.n_eval, seed=config.seed)
+        name: tasks.get(name, model, n=config.n, n_eval=sizes[name], seed=config.seed)
         for name in config.task_names
     }
 

@@ -263,6 +263,19 @@ def timing_lines(run: Path) -> list[str]:
     return lines
 
 
+def eval_sizes_text(rows: list[dict[str, Any]], forget: str) -> str:
+    """``"Eval prompts: capitals 123 (held-out phrasings 123), ioi 128, ..."`` from the first
+    row that recorded its eval split sizes; ``""`` when none did."""
+    sizes = next((r["eval_sizes"] for r in rows if r.get("eval_sizes")), None)
+    if sizes is None:
+        return ""
+    phrasings = sizes.get("fe_phrasings")
+    held = f" (held-out phrasings {phrasings})" if phrasings else ""
+    parts = [f"{forget} {sizes['fe']}{held}"]
+    parts += [f"{name} {n}" for name, n in sizes["ru"].items()]
+    return "Eval prompts per task: " + ", ".join(parts) + "."
+
+
 def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
     """Write ``report.md`` and its figures into the run folder ``run``."""
     from clue_mi.localization import Localization
@@ -284,7 +297,8 @@ def write_report(run: str | Path, cfg, seconds: float | None = None) -> Path:
         f"Model: `{cfg.model or 'SmolLM2-135M-Instruct (embedded)'}`. Forget set: `{p.forget}`. "
         f"Retain sets: {', '.join(f'`{t}`' for t in retain)}. Loss: {cfg.loss.upper()}, "
         f"lr {cfg.lr:g}, epochs {cfg.epochs[0]} + {cfg.epochs[1]}, λ {cfg.lam:g}. Circuits: "
-        f"{p.method}, sparsity {p.sparsity}, {p.n} prompts per task."
+        f"{p.method}, sparsity {p.sparsity}, {p.n} attribution prompts per task. "
+        + eval_sizes_text(rows, p.forget)
         + (" **Quick smoke run: numbers are not meaningful.**" if cfg.quick else ""),
         "",
         "## Results (shape of the paper's Table 1)",

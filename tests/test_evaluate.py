@@ -179,6 +179,16 @@ def test_greedy_continuations_are_greedy_and_batch_invariant(tiny):
     assert tok.padding_side == "right"  # restored
 
 
+def test_cached_greedy_on_the_plain_model_matches_the_bridge_recompute(tiny):
+    from clue_mi.models import is_bridged, plain_hf_model
+
+    prompts = ["The capital of France is", "Hi", "One two three four five"]
+    plain = plain_hf_model(tiny)
+    assert is_bridged(tiny.original_model) and not is_bridged(plain)  # cache only on plain
+    cached = ev.greedy_continuations(plain, prompts, 6, 2, tiny.tokenizer)
+    assert cached == ev.greedy_continuations(tiny, prompts, 6, 2)
+
+
 def test_rouge_l_of_a_model_uses_its_continuations(tiny, monkeypatch):
     monkeypatch.setattr(ev, "greedy_continuations", lambda m, p, n, b, tok: ["Paris is nice", "x"])
     assert ev.rouge_l(tiny, ["p1", "p2"], ["Paris.", "Rome."]) == pytest.approx(0.5)

@@ -188,3 +188,16 @@ def test_mia_cell_shows_its_interval_and_separated_changes_are_listed():
     assert "0.378 [0.280, 0.470]" in table and "| nan |" in table
     note = spread_note(rows, ["ioi"])
     assert "- clue: MIA AUC 0.378 vs 0.735" in note and "- wagle: none" in note
+
+
+def test_eval_sizes_text_names_every_split():
+    from clue_mi.report import eval_sizes_text
+
+    rows = [
+        {"method": "original"},
+        {"eval_sizes": {"fe": 123, "fe_phrasings": 123, "ru": {"ioi": 128, "gender": 68}}},
+    ]
+    assert eval_sizes_text(rows, "capitals") == (
+        "Eval prompts per task: capitals 123 (held-out phrasings 123), ioi 128, gender 68."
+    )
+    assert eval_sizes_text([{"method": "original"}], "capitals") == ""

@@ -156,7 +156,9 @@ def test_capitals_have_held_out_phrasings(tiny):
 
     task = tasks.get("capitals", tiny, n=16, n_eval=16, seed=0)
     ph = task.phrasings
-    assert ph is not None and len(ph) >= len(task.eval)
+    assert ph is not None and len(ph) == len(task.eval)  # each eval fact once
+    used = {h for h in CAPITAL_HELDOUT_TEMPLATES for text in ph.clean if text.startswith(h[:12])}
+    assert used == set(CAPITAL_HELDOUT_TEMPLATES)  # in turn, every held-out phrasing
     trained = [t.split("{}")[0] for t in CAPITAL_TEMPLATES]
     held = [t.split("{}")[0] for t in CAPITAL_HELDOUT_TEMPLATES]
     assert not set(trained) & set(held)
@@ -177,3 +179,15 @@ def test_capitals_have_held_out_phrasings(tiny):
         assert tiny.tokenizer(text)["input_ids"] == row.tolist()
     # Tasks without held-out phrasings say so.
     assert tasks.get("ioi", tiny, n=4, n_eval=4).phrasings is None
+
+
+def test_default_eval_split_is_every_usable_pair_up_to_the_cap(tiny):
+    ioi = tasks.get("ioi", tiny, n=4)
+    assert len(ioi.eval) == tasks.MAX_EVAL  # generated without end: capped
+    gender = tasks.get("gender", tiny, n=8)
+    size = len(gender.eval)
+    assert 8 <= size < tasks.MAX_EVAL  # the shipped name list runs out first
+    # "Every usable pair": one more than the default is more than the task has.
+    assert len(tasks.get("gender", tiny, n=8, n_eval=size).eval) == size
+    with pytest.raises(ValueError, match="usable prompt pairs"):
+        tasks.get("gender", tiny, n=8, n_eval=size + 1)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from clue_mi.tasks import builtin
 from clue_mi.tasks.base import (
+    MAX_EVAL,
     Example,
     Generator,
     PromptSet,
@@ -70,10 +71,11 @@ def describe(name: str) -> str:
     return f"{DATASET_TASKS[name].description} (hub: {DATASET_TASKS[name].hub_id}, or path=)"
 
 
-def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0, **kwargs) -> Task:
+def get(name: str, model, n: int = 32, n_eval: int | None = None, seed: int = 0, **kwargs) -> Task:
     """Build task ``name`` for ``model`` (a TransformerBridge, or anything with ``.tokenizer``).
 
-    ``n`` prompt pairs for attribution and ``n_eval`` held-out pairs, all of one token length;
+    ``n`` prompt pairs for attribution and ``n_eval`` held-out pairs, all of one token length
+    (``None``: every usable pair after the first ``n``, up to ``base.MAX_EVAL``);
     the same seed gives the same task (the order of the answer choices included). Tasks with
     held-out phrasings (``capitals``) also fill ``Task.phrasings``. Real data sets take
     ``path=`` (a local copy in the hub's format), ``split=`` and ``max_rows=`` through
@@ -86,10 +88,12 @@ def get(name: str, model, n: int = 32, n_eval: int = 32, seed: int = 0, **kwargs
     spec = REGISTRY[name]
     tokenizer = getattr(model, "tokenizer", model)
     # Generate generously: pairs of unequal length and minority lengths are dropped.
-    examples = spec.generate(random.Random(f"{name}:{seed}"), 6 * (n + n_eval) + 50)
+    examples = spec.generate(random.Random(f"{name}:{seed}"), 6 * (n + (n_eval or MAX_EVAL)) + 50)
     task = build_task(name, spec.description, examples, tokenizer, n, n_eval, seed=seed)
     if spec.rephrase is not None:
-        task.phrasings = rephrased_set(task.eval, spec.rephrase, tokenizer)
+        # One held-out phrasing per fact, in turn: the facts of the eval split, at a third of
+        # the cost of asking each in all three.
+        task.phrasings = rephrased_set(task.eval, spec.rephrase, tokenizer, per_fact=1)
     task.info.update(seed=seed)
     return task
 
@@ -102,6 +106,7 @@ __all__ = [
     "DEFAULT_FORGET",
     "DEFAULT_RETAIN",
     "Example",
+    "MAX_EVAL",
     "PromptSet",
     "REGISTRY",
     "Task",

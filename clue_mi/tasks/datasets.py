@@ -237,7 +237,7 @@ def _finish(
     examples: Sequence[Example],
     tokenizer,
     n: int,
-    n_eval: int,
+    n_eval: int | None,
     **info: Any,
 ) -> Task:
     task = build_task(name, description, examples, tokenizer, n, n_eval, seed=info.get("seed", 0))
@@ -296,7 +296,7 @@ def wmdp_examples(rows: Sequence[Row], subject: str, rng: random.Random) -> list
 def load_wmdp(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     subset: str = "cyber",
@@ -323,7 +323,7 @@ def load_wmdp(
 def load_wmdp_cyber(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     path: str | os.PathLike | None = None,
@@ -340,7 +340,7 @@ def load_wmdp_cyber(
 def load_wmdp_bio(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     path: str | os.PathLike | None = None,
@@ -415,7 +415,7 @@ def _binary_task(
     answers: tuple[str, str],
     model_or_tokenizer,
     n: int,
-    n_eval: int,
+    n_eval: int | None,
     rng: random.Random,
     **info: Any,
 ) -> Task:
@@ -427,7 +427,7 @@ def _binary_task(
 def load_sst2(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     path: str | os.PathLike | None = None,
@@ -455,7 +455,7 @@ def rte_prompt(sentence1: str, sentence2: str) -> str:
 def load_rte(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     path: str | os.PathLike | None = None,
@@ -566,7 +566,7 @@ def _winogrande_corruption(
 def load_winogrande(
     model_or_tokenizer,
     n: int = 32,
-    n_eval: int = 32,
+    n_eval: int | None = None,
     seed: int = 0,
     *,
     path: str | os.PathLike | None = None,
