@@ -212,9 +212,13 @@ def _gradient_recorder(
         # A fresh tensor, so the gradient is that of this receiver's input alone (an identity
         # hook output can be the residual-stream tensor itself, e.g. at hook_mlp_in).
         act = act.clone()
-        act.register_hook(
-            lambda g, s=slot: grads[:, :, s.start : s.stop].add_(g, alpha=1.0 / steps)
-        )
+
+        def add(g: Tensor, s: HookSlot = slot) -> None:
+            # Returns None: a returned tensor would replace the gradient flowing upstream.
+            # Accumulated in the buffer's float32 whatever the model's dtype.
+            grads[:, :, s.start : s.stop].add_(g.to(grads.dtype), alpha=1.0 / steps)
+
+        act.register_hook(add)
         return act
 
     return on_receiver

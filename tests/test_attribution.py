@@ -203,3 +203,35 @@ def test_ioi_circuit_of_the_embedded_model_is_faithful(smol):
     # Measured (held-out pairs): see the faithfulness table in BENCHMARKS.md.
     assert faith["kl"] < 0.5 * faith["kl_empty"]
     assert faith["recovery"] > 0.5
+
+
+def test_the_gradient_recorder_leaves_the_backward_pass_alone(tiny, ioi):
+    """Recording receiver gradients must not change what flows upstream: a hook that returned
+    the running sum would replace each gradient by it from the second EAP-IG step on."""
+    from clue_mi.attribution import _forward, _frozen, _gradient_recorder, _metric_sum
+
+    graph = graph_for(tiny)
+    tokens, choices, good = (
+        x[:4] for x in (ioi.prompts.clean_tokens, ioi.prompts.choices, ioi.prompts.good)
+    )
+    buffer = torch.zeros(*tokens.shape, graph.n_receivers, graph.d_model)
+
+    def embedding_grad(on_receiver):
+        leaf: list[torch.Tensor] = []
+
+        def embed(e: torch.Tensor) -> torch.Tensor:
+            leaf.append(e.detach().requires_grad_(True))
+            return leaf[0]
+
+        with _frozen(tiny):
+            logits = _forward(
+                tiny, graph, tokens, on_receiver=on_receiver, embed=embed, last_only=True
+            )
+            _metric_sum(logits, choices, good).backward()
+        return leaf[0].grad
+
+    plain = embedding_grad(None)
+    recorder = _gradient_recorder(buffer, steps=3)
+    for _ in range(2):  # the second pass starts from a non-zero buffer
+        torch.testing.assert_close(embedding_grad(recorder), plain)
+    assert buffer.abs().sum() > 0
