@@ -223,11 +223,14 @@ def _embedded_hf_dir() -> Path:
     return target
 
 
-def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load_gguf(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     return model, tokenizer
 
 
@@ -235,7 +238,9 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _load_hub(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(
+    name: str, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if _hub_offline():
         raise ModelLoadError(
             f"'{name}' is not a local path, and the Hugging Face hub is off "
@@ -252,7 +257,7 @@ def _load_hub(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         ) from err
     check_architecture(config)
     return (
-        AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32),
+        AutoModelForCausalLM.from_pretrained(name, dtype=dtype),
         AutoTokenizer.from_pretrained(name),
     )
 
@@ -343,25 +348,36 @@ def _embedded_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(_embedded_hf_dir())
 
 
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or the torch dtype itself) as a dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype (--dtype) must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[str(dtype)]
+
+
 def load_hf(
-    name: str | Path | None = None, seed: int = 0
+    name: str | Path | None = None, seed: int = 0, dtype: str | torch.dtype = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load the plain HF model and tokenizer for ``name`` (see the module docstring)."""
+    """Load the plain HF model and tokenizer for ``name`` (see the module docstring), with its
+    weights in ``dtype`` (loaded directly in it: a 7B model never passes through float32)."""
     model: PreTrainedModel
+    dtype = torch_dtype(dtype)
     if name is None or str(name).lower() in ("smollm2", EMBEDDED_NAME.lower()):
         path = _embedded_hf_dir()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(path), EMBEDDED_NAME
     if str(name) == TINY_NAME:
-        return tiny_hf_model(seed=seed), _embedded_tokenizer(), TINY_NAME
+        return tiny_hf_model(seed=seed).to(dtype), _embedded_tokenizer(), TINY_NAME
     path = Path(name).expanduser()
     looks_like_path = path.suffix == ".gguf" or str(name).startswith((".", "/", "~"))
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
-            model, tokenizer = _load_gguf(path)
+            model, tokenizer = _load_gguf(path, dtype)
         elif path.is_dir() and (path / "config.json").is_file():
             check_architecture(AutoConfig.from_pretrained(path))
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(path)
         else:
             raise ModelLoadError(
@@ -371,7 +387,7 @@ def load_hf(
         return model, tokenizer, path.name
     if looks_like_path or os.sep in str(name) and str(name).count("/") > 1:
         raise ModelLoadError(f"Model path {path} does not exist")
-    model, tokenizer = _load_hub(str(name))
+    model, tokenizer = _load_hub(str(name), dtype)
     return model, tokenizer, str(name)
 
 
@@ -380,6 +396,7 @@ def load_model(
     device: str | torch.device | None = None,
     seed: int = 0,
     edge_hooks: bool = True,
+    dtype: str | torch.dtype = "float32",
 ):
     """Load a model and return a ``TransformerBridge`` over its HF module.
 
@@ -389,8 +406,9 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         seed: seed of the random tiny model (ignored otherwise).
         edge_hooks: switch on the per-head hooks used by attribution.
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` weights.
     """
-    model, tokenizer, label = load_hf(name, seed=seed)
+    model, tokenizer, label = load_hf(name, seed=seed, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return bridge_from_hf(model, tokenizer, label, device=device, edge_hooks=edge_hooks)
@@ -420,6 +438,8 @@ __all__ = [
     "hf_parameters",
     "load_hf",
     "load_model",
+    "torch_dtype",
+    "DTYPES",
     "save_hf_checkpoint",
     "tiny_hf_model",
     "weights_fingerprint",

@@ -225,10 +225,11 @@ class MaskedAdamW:
     """AdamW over the masked elements of some parameters, and nothing else.
 
     For each parameter it keeps ``exp_avg`` / ``exp_avg_sq`` of exactly ``mask.sum()`` elements
-    (the whole parameter, in its own layout, when the mask is full). ``step`` gathers the masked
-    gradient entries, and writes the updated values back in place under ``no_grad``; unmasked
-    elements are never written, so they stay bit-identical (no weight decay or momentum leaks
-    onto them).
+    (the whole parameter, in its own layout, when the mask is full), in float32 whatever the
+    weights' dtype (half-precision weights are updated in float32 and rounded back). ``step``
+    gathers the masked gradient entries, and writes the updated values back in place under
+    ``no_grad``; unmasked elements are never written, so they stay bit-identical (no weight
+    decay or momentum leaks onto them).
 
     Every write is an in-place op on the parameter itself (``param.mul_``, ``param[mask] = v``),
     never on ``param.data``: it lands for any memory layout (a ``reshape`` of a non-contiguous
@@ -251,7 +252,9 @@ class MaskedAdamW:
             mask = mask.to(param.device)
             dense = bool(mask.all())
             # Dense: moments shaped (and strided) like the parameter; masked: one per element.
+            # Always float32, whatever the weights' dtype: bf16 moments lose the small updates.
             like = param.detach() if dense else param.detach().new_empty(int(mask.sum()))
+            like = like.float()
             index = None
             if not dense and param.is_contiguous() and param.numel() < 2**31:
                 # Flat int32 positions of the masked elements, found once: gathering and
@@ -296,6 +299,7 @@ class MaskedAdamW:
                 grad = param.grad.reshape(-1).index_select(0, index)
             else:
                 grad = param.grad if mask is None else param.grad[mask]
+            grad = grad.float()  # the same tensor for float32 weights
             m, v = g["exp_avg"], g["exp_avg_sq"]
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -305,14 +309,19 @@ class MaskedAdamW:
                 values = flat.index_select(0, index)  # a gathered copy
             else:
                 values = param if mask is None else param[mask]
+            # The update in float32: for float32 weights the same tensor (a dense parameter is
+            # updated in place), for half-precision ones a copy rounded back on the write.
+            values = values.float()
             if self.weight_decay:
                 values.mul_(1 - self.lr * self.weight_decay)
             values.addcdiv_(m, denom, value=-self.lr / bc1)
             # Scatter: only masked elements are written.
             if flat is not None:
-                flat.index_put_((index,), values)
+                flat.index_put_((index,), values.to(param.dtype))
             elif mask is not None:
-                param[mask] = values
+                param[mask] = values.to(param.dtype)
+            elif values is not param:
+                param.copy_(values)
 
     def zero_grad(self) -> None:
         for g in self.groups:
