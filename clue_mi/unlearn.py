@@ -439,12 +439,15 @@ def _prepare(
     tokenizer,
     refusals: Sequence[str] | None,
     bf16: bool,
+    checkpointing: bool = False,
 ) -> _Setup:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     if not forget:
         raise ValueError("the forget set is empty")
     net = plain_hf_model(model).eval()  # no dropout: deterministic per seed
+    if checkpointing:
+        _checkpoint_layers(net)
     if loss == "po":
         answers = [refusal_for(i, refusals or REFUSALS) for i in range(len(forget))]
         enc_f = encode_prompt_answers(tokenizer, forget, answers)
@@ -455,6 +458,23 @@ def _prepare(
     return _Setup(
         net, enc_f, retain, loss, beta, ref, batch_size, seed, progress, weight_decay, bf16
     )
+
+
+def _checkpoint_layers(net) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (HF gradient checkpointing): activation memory of one layer instead of all, for about one
+    more forward pass per step. HF checkpoints only in training mode, so the model is put in
+    it with every dropout module left in eval mode: the results stay deterministic per seed."""
+    if not getattr(net, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"{type(net).__name__} does not support gradient checkpointing; drop "
+            "--gradient-checkpointing"
+        )
+    net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net.train()
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
 
 
 def _forget_loss(s: _Setup, batch: Batch) -> Tensor:
@@ -586,12 +606,15 @@ def train_stages(
     bf16: bool = False,
     on_epoch: EpochCallback | None = None,
     result: UnlearnResult | None = None,
+    checkpointing: bool = False,
 ) -> UnlearnResult:
     """Train ``stages`` in order (stage ``i`` is numbered ``i + 1``), each on its own mask with
     its own forget loss, on one shared retain set; the trainer behind ``unlearn`` (CLUE),
     ``unlearn_baseline`` and the ablations of paper Table 2 (other stage orders and losses).
 
     Every NPO reference is computed before the first update (the model before unlearning).
+    ``checkpointing``: gradient checkpointing of the decoder layers (less activation memory,
+    about one more forward pass per step; the same updates up to float rounding).
     """
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     result = result if result is not None else UnlearnResult()
@@ -603,14 +626,20 @@ def train_stages(
         if key not in prepared:
             prepared[key] = _prepare(
                 model, st.forget, enc_r, st.loss, beta, batch_size, seed, progress,
-                weight_decay, tokenizer, refusals, bf16,
+                weight_decay, tokenizer, refusals, bf16, checkpointing,
             )  # fmt: skip
         setups.append(prepared[key])
     refs = [s.ref_nll for s in setups if s.ref_nll is not None]
     result.ref_nll = refs[0] if refs else None
     torch.manual_seed(seed)
-    for number, (st, s) in enumerate(zip(stages, setups, strict=True), start=1):
-        _run_stage(model, s, number, st.mask, st.epochs, lr, st.lam, result, on_epoch)
+    try:
+        for number, (st, s) in enumerate(zip(stages, setups, strict=True), start=1):
+            _run_stage(model, s, number, st.mask, st.epochs, lr, st.lam, result, on_epoch)
+    finally:
+        if checkpointing:  # a plain HF model is the caller's own: hand it back as it came
+            for s in setups:
+                s.net.gradient_checkpointing_disable()
+                s.net.eval()
     return result
 
 
@@ -634,6 +663,7 @@ def unlearn(
     rebalance: bool = True,
     bf16: bool = False,
     on_epoch: EpochCallback | None = None,
+    checkpointing: bool = False,
 ) -> UnlearnResult:
     """CLUE's two-stage masked unlearning, written in place into ``bridge.original_model``.
 
@@ -656,6 +686,7 @@ def unlearn(
             1.4x faster on a CPU with AVX512-BF16; weights, gradients and optimizer state stay
             float32, so masked-out weights stay bit-identical). Changes the numbers slightly.
         beta: NPO temperature.
+        checkpointing: gradient checkpointing (see :func:`train_stages`).
         on_epoch: called as ``on_epoch(stage, epoch)`` after every epoch, under ``no_grad``
             (e.g. to evaluate along the way, as the operating-point sweep does).
     """
@@ -672,7 +703,7 @@ def unlearn(
     ]
     return train_stages(
         model, stages, retain, lr, batch_size, seed, beta, weight_decay, progress,
-        tokenizer, refusals, bf16, on_epoch, result,
+        tokenizer, refusals, bf16, on_epoch, result, checkpointing,
     )  # fmt: skip
 
 
@@ -694,18 +725,19 @@ def unlearn_baseline(
     refusals: Sequence[str] | None = None,
     bf16: bool = False,
     on_epoch: EpochCallback | None = None,
+    checkpointing: bool = False,
 ) -> UnlearnResult:
     """One stage on ``mask`` with forget + ``lam`` * retain loss, for ``epochs`` epochs.
 
     The default budget (6 epochs) is the step count of CLUE's default 1 + 5; use ``lam=0`` for
     a forget-loss-only baseline. With ``full_mask`` this is plain fine-tuning (dense AdamW
-    state over every weight, weight decay 0 by default). ``bf16`` and ``on_epoch`` as in
-    :func:`unlearn`.
+    state over every weight, weight decay 0 by default). ``bf16``, ``on_epoch`` and
+    ``checkpointing`` as in :func:`unlearn`.
     """
     return train_stages(
         model, [Stage(mask, loss, forget, epochs, lam)], retain, lr, batch_size, seed, beta,
         weight_decay, progress, tokenizer, refusals, bf16, on_epoch,
-        UnlearnResult(epochs=(epochs,)),
+        UnlearnResult(epochs=(epochs,)), checkpointing,
     )  # fmt: skip
 
 

@@ -70,3 +70,33 @@ def test_bf16_training_keeps_other_weights_and_float32_state(tiny_bf16, tmp_path
     state = dict(reloaded.named_parameters())
     for name, param in params.items():
         assert state[name].dtype == torch.bfloat16 and torch.equal(state[name], param), name
+
+
+def test_gradient_checkpointing_gives_the_same_updates(restored_tiny, monkeypatch):
+    import transformers.modeling_utils as hf_utils
+
+    calls = []
+    real = hf_utils.checkpoint
+    monkeypatch.setattr(hf_utils, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    params = M.hf_parameters(restored_tiny)
+    start = {n: p.detach().clone() for n, p in params.items()}
+    mask = M.mask_from_nodes(restored_tiny, ["a0.h1", "m1", "a1.h0"])
+    after = []
+    for checkpointing in (False, True):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        result = U.unlearn(
+            restored_tiny, FORGET, RETAIN, mask, mask, loss="ga", epochs=(1, 1), lr=1e-2,
+            batch_size=2, progress=False, checkpointing=checkpointing,
+        )  # fmt: skip
+        after.append(({n: p.detach().clone() for n, p in params.items()}, result.losses()))
+    (plain, losses), (checkpointed, losses_ckpt) = after
+    # One step per stage (2 sentences, batch 2); stage 2 also runs a retain batch: 3 forwards,
+    # each through every checkpointed layer.
+    assert len(losses) == 2 and len(calls) == 3 * restored_tiny.cfg.n_layers
+    assert losses_ckpt == pytest.approx(losses, rel=1e-5)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(plain[n], start[n]) for n in mask)
+    assert not restored_tiny.original_model.training  # handed back in eval mode
