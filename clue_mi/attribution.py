@@ -624,9 +624,10 @@ def _circuit_batch(
     def on_receiver(slot: HookSlot, act: Tensor) -> Tensor:
         p = by_slot[slot]
         a, z = slot.start, slot.stop
-        terms = torch.einsum("bpsd,sn->bpnd", delta[:, :, p.senders], p.weights)
+        # In the float32 of the buffers, handed back in the model's dtype.
+        terms = torch.einsum("bpsd,sn->bpnd", delta[:, :, p.senders], p.weights.to(delta.dtype))
         new = r_cor[:, :, a:z] - terms if p.from_corrupted else act + terms
-        return torch.where(p.corrupt[None, None, :, None], r_cor[:, :, a:z], new)
+        return torch.where(p.corrupt[None, None, :, None], r_cor[:, :, a:z], new).to(act.dtype)
 
     with torch.no_grad():
         return _forward(

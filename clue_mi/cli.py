@@ -62,7 +62,20 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     from clue_mi.models import load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _data(args: argparse.Namespace) -> dict[str, str]:
+    """``--data NAME=PATH`` (repeatable) as ``{NAME: PATH}``."""
+    out: dict[str, str] = {}
+    for item in args.data or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--data expects NAME=PATH (e.g. wmdp_cyber=./wmdp), got {item!r}")
+        if name in out:
+            raise ValueError(f"--data gives {name} twice; give each data set once")
+        out[name] = path
+    return out
 
 
 def _check_model_args(args: argparse.Namespace) -> None:
@@ -89,7 +102,12 @@ def cmd_discover(args: argparse.Namespace) -> None:
             f"unknown task {args.task!r} (--task); available: {', '.join(task_lib.names())}"
         )
     model = _load(args)
-    task = task_lib.get(args.task, model, n=args.n, n_eval=args.n_eval, seed=args.seed)
+    data = _data(args)
+    unused = sorted(set(data) - {args.task})
+    if unused:
+        raise ValueError(f"--data {unused[0]}=...: this command discovers --task {args.task} only")
+    kwargs = {"path": data[args.task]} if args.task in data else {}
+    task = task_lib.get(args.task, model, n=args.n, n_eval=args.n_eval, seed=args.seed, **kwargs)
     params = dict(
         direction=args.direction,
         method=args.method,
@@ -117,6 +135,7 @@ def _pipeline_config(args: argparse.Namespace):
         sparsity=args.sparsity,
         batch_size=args.batch_size,
         semantics=args.semantics,
+        data=_data(args),
     )
 
 
@@ -137,6 +156,7 @@ def cmd_localize(args: argparse.Namespace) -> None:
 
 
 def _run_config(args: argparse.Namespace):
+    from clue_mi.evaluate import check_gu_tasks
     from clue_mi.experiment import RunConfig
 
     _resolve_budget(args)
@@ -152,6 +172,9 @@ def _run_config(args: argparse.Namespace):
         batch_size=args.train_batch_size,
         quick=args.quick,
         bf16=args.bf16,
+        dtype=args.dtype,
+        gu_tasks=None if args.gu_tasks is None else check_gu_tasks(args.gu_tasks),
+        checkpointing=args.gradient_checkpointing,
     )
 
 
@@ -253,6 +276,19 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
         "sparsity 0.5, 1 + 1 epochs, 20 GU documents per task; options given explicitly win",
     )
     p.add_argument(
+        "--gu-tasks",
+        type=_csv,
+        default=None,
+        help="comma-separated lm-eval tasks for general utility (default: the shipped offline "
+        "ones; online, e.g. arc_easy,boolq,hellaswag,openbookqa,piqa,truthfulqa_mc2)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each decoder layer in the backward pass of training (less activation "
+        "memory, about one more forward pass per step; the same updates)",
+    )
+    p.add_argument(
         "--bf16",
         action="store_true",
         help="train under bfloat16 autocast (about 1.4x faster training on a CPU with "
@@ -271,6 +307,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="held-out prompts per task (default: every usable one, at most 128)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the weights (default float32; bfloat16 halves their memory: a 7B model "
+        "in 14.5 GB; the masked optimizer keeps float32 moments)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=PATH",
+        help="a local copy of a real data set in the hub's format, read instead of the hub "
+        "(repeatable; e.g. wmdp_cyber=./wmdp for --forget wmdp_cyber)",
+    )
     p.add_argument("--method", default="eap", choices=["eap", "eap-ig", "exact"])
     p.add_argument("--steps", type=int, default=None, help="EAP-IG interpolation steps (5)")
     p.add_argument(

@@ -599,6 +599,30 @@ def _fail_closed_score(results: dict[str, Any], name: str, metric: str) -> float
     return sum(fail_closed_value(d, metric) for d in docs) / len(docs)
 
 
+def check_gu_tasks(names: Sequence[str]) -> list[str]:
+    """``names`` if every one is a shipped offline task or an lm-eval task, else a one-line
+    ``OptionError`` naming the unknown ones (before a run spends minutes on attribution).
+
+    Looking past the shipped tasks indexes lm-eval's task YAMLs (some seconds); whether a
+    task's data can be reached is only known when it runs.
+    """
+    from clue_mi.options import OptionError
+
+    local = {p.stem for p in local_task_dir().glob("*.yaml")}
+    unknown = [n for n in names if n not in local]
+    if unknown:
+        from lm_eval.tasks import TaskManager
+
+        known = set(TaskManager().all_tasks)
+        unknown = [n for n in unknown if n not in known]
+    if unknown:
+        raise OptionError(
+            f"gu_tasks (--gu-tasks): unknown lm-eval task(s) {', '.join(unknown)}; the shipped "
+            f"offline ones are {', '.join(sorted(local))}, and `lm-eval ls tasks` lists the rest"
+        )
+    return list(names)
+
+
 def general_utility(
     model,
     tasks: Sequence[str] | None = None,
@@ -769,6 +793,7 @@ __all__ = [
     "continuation_references",
     "copy_task_dir",
     "evaluate_model",
+    "check_gu_tasks",
     "final_logits",
     "forget_efficacy",
     "general_utility",

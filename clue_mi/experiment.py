@@ -43,8 +43,15 @@ from clue_mi import rundir
 from clue_mi.evaluate import evaluate_model
 from clue_mi.graph import NonFiniteScoresError, load_circuit, save_circuit
 from clue_mi.localization import Localization
-from clue_mi.models import hf_parameters, load_model
-from clue_mi.options import OptionError, check_device, check_float, check_int, check_unique
+from clue_mi.models import DTYPES, hf_parameters, load_model
+from clue_mi.options import (
+    OptionError,
+    check_choice,
+    check_device,
+    check_float,
+    check_int,
+    check_unique,
+)
 from clue_mi.pipeline import (
     EmptyCircuitError,
     PipelineConfig,
@@ -115,6 +122,11 @@ class RunConfig:
     # bfloat16 autocast of training (1.4x faster steps on this CPU); off by default because
     # it changes the table's numbers (README, "Time").
     bf16: bool = False
+    # The weights' dtype (models.DTYPES): bfloat16 halves a 7B model's 28 GB of float32
+    # weights; the masked optimizer keeps float32 moments either way.
+    dtype: str = "float32"
+    # Gradient checkpointing of the decoder layers in training (less activation memory).
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in KNOWN_METHODS]
@@ -131,6 +143,15 @@ class RunConfig:
         self.lam = check_float(self.lam, "lam", "--lam", ">= 0", lambda x: x >= 0)
         check_int(self.batch_size, "batch_size", 1, "--train-batch-size")
         check_device(self.device)
+        check_choice(self.dtype, "dtype", tuple(DTYPES), "--dtype")
+        if self.gu_tasks is not None:
+            self.gu_tasks = tuple(self.gu_tasks)
+            if not self.gu_tasks or not all(isinstance(t, str) and t for t in self.gu_tasks):
+                raise OptionError(
+                    "gu_tasks (--gu-tasks) must name at least one lm-eval task, e.g. "
+                    f"arc_easy,boolq; got {self.gu_tasks!r}"
+                )
+            check_unique(self.gu_tasks, "gu_tasks", "--gu-tasks")
 
     @staticmethod
     def _checked_epochs(epochs: Any) -> tuple[int, int]:
@@ -334,8 +355,9 @@ def run_method(
     forget = forget_data(forget_task, cfg.loss)
     retain = retain_data([task_data[t] for t in cfg.pipeline.retain])
     common: dict[str, Any] = dict(
-        loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size, bf16=cfg.bf16
-    )
+        loss=cfg.loss, lr=cfg.lr, lam=cfg.lam, batch_size=cfg.batch_size, bf16=cfg.bf16,
+        checkpointing=cfg.checkpointing,
+    )  # fmt: skip
     start = time.perf_counter()
     if method in FINETUNE:  # the paper's rows: one loss on every weight, retain loss or not
         loss, with_retain = FINETUNE[method]
@@ -414,7 +436,7 @@ def run_experiment(
         # Everything that can fail on bad input (model, tasks, empty circuits, localization)
         # happens before the run folder exists; the folder then appears whole (rundir.creating).
         with stage("model load"):
-            model = load_model(cfg.model, device=cfg.device)
+            model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         p = cfg.pipeline
         task_data = load_tasks(model, p)
         log(f"model {model.cfg.model_name}; forget {p.forget}; retain {', '.join(p.retain)}")

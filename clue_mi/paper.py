@@ -127,7 +127,7 @@ class _Context:
     def __init__(self, cfg: PaperConfig, out: Path) -> None:
         self.cfg = cfg.seed_config(cfg.seeds[0])
         self.p = self.cfg.pipeline
-        self.model = load_model(self.cfg.model, device=self.cfg.device)
+        self.model = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype)
         self.task_data = load_tasks(self.model, self.p)
         self.setup = load_setup(out / f"seed{cfg.seeds[0]}", self.model, self.p)
         self.forget_task: Task = self.task_data[self.p.forget]
@@ -156,6 +156,7 @@ class _Context:
         result = train_stages(
             self.model, stages, self.retain_text if retain is None else retain, lr=c.lr,
             batch_size=c.batch_size, seed=self.p.seed, progress=False, bf16=c.bf16,
+            checkpointing=c.checkpointing,
         )  # fmt: skip
         row = self.measure()
         row["steps"] = sum(result.steps.values())
@@ -413,7 +414,9 @@ def run_paper(
     else:
         rundir.check_new(out)
         # Bad input (model, tasks) fails here, before the folder exists.
-        load_tasks(load_model(cfg.run.model, device=cfg.run.device), cfg.seed_config(0).pipeline)
+        model = load_model(cfg.run.model, device=cfg.run.device, dtype=cfg.run.dtype)
+        load_tasks(model, cfg.seed_config(0).pipeline)
+        del model  # each seed loads its own
         with rundir.creating(out) as folder:
             rundir.write_json(folder / "config.json", cfg.to_dict())
     with rundir.failure_marked(out, "paper"):

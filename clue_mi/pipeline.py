@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import networkx as nx
 from tqdm.auto import tqdm
@@ -24,7 +25,14 @@ from clue_mi.cnf import SEMANTICS
 from clue_mi.gates import logical_circuit
 from clue_mi.graph import LOGITS, Circuit, graph_for, select_circuit
 from clue_mi.localization import Localization, localize
-from clue_mi.options import check_choice, check_float, check_int, check_seed, check_unique
+from clue_mi.options import (
+    OptionError,
+    check_choice,
+    check_float,
+    check_int,
+    check_seed,
+    check_unique,
+)
 from clue_mi.score_cache import attribution_scores
 from clue_mi.tasks import Task
 from clue_mi.timing import stage
@@ -57,6 +65,9 @@ class PipelineConfig:
     # whatever we edit, so drop the fewest such edges and list them (Localization.relaxed_edges).
     # Per-gate semantics always drops the input edges no edit can switch off, and lists them.
     relax_frozen: bool = True
+    # Local copies of real data sets in the hub's format, {task name: path} (``--data NAME=PATH``),
+    # read instead of the hub (tasks.DATASET_TASKS: wmdp_cyber, sst2, winogrande, ...).
+    data: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +89,24 @@ class PipelineConfig:
                 f"semantics must be one of {', '.join(SEMANTICS)}, got {self.semantics!r}"
             )
         self._check_numbers()
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Every ``--data NAME=PATH``: a real data set this run uses, at a path that exists."""
+        self.data = {str(k): str(v) for k, v in self.data.items()}
+        for name, path in self.data.items():
+            if name not in tasks.DATASET_TASKS:
+                raise OptionError(
+                    f"--data {name}=...: '{name}' is not a data set task; those are "
+                    f"{', '.join(tasks.DATASET_TASKS)} (built-in tasks need no data)"
+                )
+            if name not in self.task_names:
+                raise OptionError(
+                    f"--data {name}=...: '{name}' is neither the forget task nor a retain task "
+                    "of this run; add it with --forget or --retain"
+                )
+            if not Path(path).expanduser().exists():
+                raise OptionError(f"--data {name}={path}: no such file or folder")
 
     def _check_numbers(self) -> None:
         """Ranges of the numeric options (one-line ``OptionError`` naming option and range)."""
@@ -106,7 +135,14 @@ def load_tasks(model, config: PipelineConfig) -> dict[str, Task]:
     sizes = {name: config.n_eval for name in config.retain}
     sizes[config.forget] = FORGET_EVAL if config.n_eval is None else config.n_eval
     return {
-        name: tasks.get(name, model, n=config.n, n_eval=sizes[name], seed=config.seed)
+        name: tasks.get(
+            name,
+            model,
+            n=config.n,
+            n_eval=sizes[name],
+            seed=config.seed,
+            **({"path": config.data[name]} if name in config.data else {}),
+        )
         for name in config.task_names
     }
 

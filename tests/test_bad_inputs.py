@@ -68,6 +68,18 @@ CASES = [
     ("model-missing", [*QUICK[:2], "--model", "/no/such/model"], ["does not exist"]),
     ("device-unknown", [*QUICK, "--device", "toaster"], ["--device", "use cpu or cuda"]),
     ("device-cuda-absent", [*QUICK, "--device", "cuda"], ["--device", "CUDA is not available"]),
+    # the options of the paper's own setting (issue 14)
+    ("dtype-unknown", [*QUICK, "--dtype", "int8"], ["--dtype", "invalid choice", "bfloat16"]),
+    ("data-no-equals", [*QUICK, "--data", "wmdp_cyber"], ["--data", "NAME=PATH"]),
+    ("data-builtin-task", [*QUICK, "--data", "capitals={file}"],
+     ["--data capitals", "not a data set task", "wmdp_cyber"]),
+    ("data-unused", [*QUICK, "--data", "sst2={file}"], ["--data sst2", "neither the forget"]),
+    ("data-missing-path", [*QUICK, "--forget", "sst2", "--data", "sst2=/no/such/sst2"],
+     ["--data sst2=/no/such/sst2", "no such file"]),
+    ("data-twice", [*QUICK, "--data", "sst2={file}", "--data", "sst2={file}"], ["sst2 twice"]),
+    ("gu-tasks-empty", [*QUICK, "--gu-tasks", ","], ["--gu-tasks", "at least one"]),
+    ("gu-tasks-unknown", [*QUICK, "--gu-tasks", "no_such_benchmark"],
+     ["--gu-tasks", "unknown lm-eval task(s) no_such_benchmark"]),
     # where the output goes
     ("out-under-proc", [*QUICK, "--out", "/proc/clue_run"], ["--out /proc/clue_run", "cannot"]),
     ("out-parent-is-file", [*QUICK, "--out", "{file}/run"], ["--out", "is a file, not a folder"]),

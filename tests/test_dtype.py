@@ -100,3 +100,28 @@ def test_gradient_checkpointing_gives_the_same_updates(restored_tiny, monkeypatc
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(plain[n], start[n]) for n in mask)
     assert not restored_tiny.original_model.training  # handed back in eval mode
+
+
+def test_run_with_the_options_of_the_paper_setting(tmp_path):
+    """``clue-mi run`` with --dtype, --gradient-checkpointing, --gu-tasks and --data: each is
+    recorded and used (bf16 weights exported, the named GU tasks, the local data set)."""
+    import json
+    from pathlib import Path
+
+    from clue_mi.cli import main
+
+    fixture = Path(__file__).parent / "fixtures" / "sst2.jsonl"
+    out = tmp_path / "run"
+    argv = ["run", "--quick", "--model", "tiny-llama", "--dtype", "bfloat16",
+            "--gradient-checkpointing", "--gu-tasks", "clue_colors,clue_sizes",
+            "--methods", "clue", "--retain", "ioi,sst2", "--data", f"sst2={fixture}",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["dtype"], cfg["checkpointing"]) == ("bfloat16", True)
+    assert cfg["pipeline"]["data"] == {"sst2": str(fixture)}
+    row = json.loads((out / "results" / "clue.json").read_text())
+    assert set(row["gu_tasks"]) == {"clue_colors", "clue_sizes"}
+    assert set(row["eval_sizes"]["ru"]) == {"ioi", "sst2"} and row["steps"] > 0
+    exported = json.loads((out / "model" / "config.json").read_text())
+    assert exported.get("dtype", exported.get("torch_dtype")) == "bfloat16"
