@@ -247,6 +247,69 @@ def cmd_paper(args: argparse.Namespace) -> None:
     run_paper(cfg, args.out or time.strftime("runs/paper-%Y%m%d-%H%M%S"))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from clue_mi import plan
+    from clue_mi.attribution import FAITHFULNESS_PROMPTS
+
+    _resolve_budget(args)
+    check_int(args.train_batch_size, "train_batch_size", 1, "--train-batch-size")
+    check_int(args.batch_size, "batch_size", 1, "--batch-size")
+    check_int(args.seq_len, "seq_len", 1, "--seq-len")
+    check_int(args.prompt_len, "prompt_len", 1, "--prompt-len")
+    check_float(
+        args.mask_ratio, "mask_ratio", "--mask-ratio", "in [0, 1]", lambda r: 0.0 <= r <= 1.0
+    )
+    check_float(
+        args.forget_ratio, "forget_ratio", "--forget-ratio", "in [0, --mask-ratio]",
+        lambda r: 0.0 <= r <= args.mask_ratio,
+    )  # fmt: skip
+    if args.memory is not None:
+        check_float(args.memory, "memory", "--memory", "> 0", lambda g: g > 0)
+    config, label = plan.resolve_config(args.model)
+    positions = plan.model_shape(config).n_positions
+    for value, flag in ((args.seq_len, "--seq-len"), (args.prompt_len, "--prompt-len")):
+        if value > positions:
+            raise ValueError(f"{flag} {value} exceeds the model's {positions} positions")
+    options = dict(
+        dtype=args.dtype,
+        batch=args.train_batch_size,
+        seq_len=args.seq_len,
+        mask_ratio=args.mask_ratio,
+        forget_ratio=args.forget_ratio,
+        retain=args.lam != 0,
+        attribution_batch=args.batch_size,
+        prompt_len=args.prompt_len,
+        n_prompts=min(args.n_eval or FAITHFULNESS_PROMPTS, FAITHFULNESS_PROMPTS),
+        checkpointing=args.gradient_checkpointing,
+        baselines=any(m != "clue" for m in args.methods),
+    )
+    stages = plan.stage_memory(config, **options)
+    title = (
+        f"{label}, {args.dtype}: training batch {args.train_batch_size} x {args.seq_len} tokens, "
+        f"attribution batch {args.batch_size} x {args.prompt_len} tokens, masks "
+        f"{args.mask_ratio:.1%} of the layer weights"
+        + (", gradient checkpointing" if args.gradient_checkpointing else "")
+    )
+    print(plan.format_plan(stages, args.memory, title=title))
+    if args.memory is not None and plan.peak(stages).bytes > args.memory * plan.GB:
+        kwargs = {k: v for k, v in options.items() if k not in ("batch", "seq_len")}
+        budget = int(args.memory * plan.GB)
+        at_len = plan.largest_fit(config, budget, seq_len=args.seq_len, **kwargs)
+        at_batch = plan.largest_fit(config, budget, batch=args.train_batch_size, **kwargs)
+        if at_len is None and at_batch is None:
+            print(
+                f"Nothing fits in {args.memory:g} GB at any batch or length: the weights and "
+                "fixed-size stages alone exceed it (try --dtype bfloat16, a smaller "
+                "--batch-size, or --gradient-checkpointing)."
+            )
+        for fit, what in ((at_len, "length"), (at_batch, "batch")):
+            if fit is not None:
+                print(
+                    f"Fits at this {what}: --train-batch-size {fit.batch} --seq-len "
+                    f"{fit.seq_len} (peak {fit.peak_bytes / plan.GB:.2f} GB, {fit.stage})."
+                )
+
+
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
     from clue_mi.experiment import FINETUNE, METHODS
 
@@ -372,6 +435,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--out", default=None, help="save the localization as JSON here")
     p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser(
+        "plan", help="predicted peak memory of every stage, from the model's config alone"
+    )
+    _add_sets_args(p)
+    _add_model_args(p)
+    _add_unlearn_args(p)
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=512,
+        help="tokens every training sequence is padded to (default 512, a WMDP-length text; "
+        "the embedded model's default run needs about 24)",
+    )
+    p.add_argument(
+        "--prompt-len",
+        type=int,
+        default=64,
+        help="tokens of an attribution prompt (default 64; the embedded model's tasks: 6-18)",
+    )
+    p.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.58,
+        help="CLUE's unlearned share of the layer weights (default 0.58, the paper's; the "
+        "embedded model's default run: 0.746)",
+    )
+    p.add_argument(
+        "--forget-ratio",
+        type=float,
+        default=0.01,
+        help="the forget mask's share of the layer weights, within --mask-ratio (0.01)",
+    )
+    p.add_argument(
+        "--memory", type=float, default=None, help="GB available (e.g. 80): say if it fits"
+    )
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("unlearn", help="localize, then CLUE two-stage unlearning; export HF model")
     _add_sets_args(p)

@@ -1,20 +1,20 @@
 """A memory plan you can check before you start: peak bytes of each pipeline stage from a
 model's Hugging Face ``config.json`` alone.
 
-Pure arithmetic: nothing is loaded, allocated or imported beyond the standard library.
-:func:`param_counts` counts the parameters, :func:`stage_memory` predicts the peak memory of every
+Pure arithmetic: no weights are loaded or allocated (:func:`resolve_config` reads a config,
+fetching only ``config.json`` from the hub for a hub id). :func:`param_counts` counts the
+parameters, :func:`stage_memory` predicts the peak memory of every
 stage as this package allocates it, :func:`largest_fit` finds the largest training batch and
 sequence length under a budget, and :func:`format_plan` prints a Markdown table.
-``clue_mi/configs/`` holds the configs of two 7B models (:func:`bundled_config`).
+``clue_mi/configs/`` holds the configs of the embedded model and of two 7B models
+(:func:`bundled_config`). ``clue-mi plan`` prints it all.
 
 Modelling assumptions, shared by every stage (each stage function documents its formula):
 
 * **Weights** in ``dtype``: ``s`` = 4 bytes per element for float32, 2 for bfloat16 / float16.
-  A tied ``lm_head`` is the embedding and is counted once. Every load path of
-  ``clue_mi.models`` gives float32 today; the 2-byte rows say what a half-precision load would
-  cost. **Gradients** are in the weight dtype. ``MaskedAdamW`` keeps its two moments in the
-  weight dtype too (``new_empty`` / ``zeros_like`` of the parameter), so they are ``2 x 4``
-  bytes per masked element in float32 and ``2 x 2`` in bfloat16.
+  A tied ``lm_head`` is the embedding and is counted once (``load_model(dtype=...)``,
+  ``--dtype``). **Gradients** are in the weight dtype. ``MaskedAdamW`` keeps its two moments in
+  float32 whatever the weight dtype: ``2 x 4`` bytes per masked element.
 * **Upper bounds, not expectations.** Autograd keeps a tensor only for the gradients it will
   compute (a linear layer keeps its input only when its weight trains): in training every
   per-layer attention / MLP matrix is assumed trainable, so every linear input is counted, and
@@ -70,6 +70,7 @@ __all__ = [
     "model_shape",
     "param_counts",
     "peak",
+    "resolve_config",
     "stage_memory",
 ]
 
@@ -223,6 +224,49 @@ def bundled_config(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def resolve_config(model: str | None) -> tuple[dict[str, Any], str]:
+    """The ``config.json`` of ``model`` as ``clue-mi plan --model`` reads it, and a label.
+
+    ``None`` / ``"smollm2"``: the embedded model's (shipped). ``"tiny-llama"``: the test model's.
+    A local model folder (its ``config.json``) or a ``.json`` file. A shipped config by name
+    (:func:`bundled_config`). Otherwise a hub id, whose ``config.json`` alone is fetched (never
+    the weights) unless ``HF_HUB_OFFLINE`` is set. Raises ``ValueError`` with one line.
+    """
+    if model is None or model.lower() in ("smollm2", "smollm2-135m-instruct"):
+        return bundled_config("smollm2-135m-instruct"), "SmolLM2-135M-Instruct (embedded)"
+    if model == "tiny-llama":
+        from clue_mi.models import tiny_hf_model
+
+        return tiny_hf_model().config.to_dict(), model
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text()), path.name
+    if path.is_file() and path.suffix == ".json":
+        return json.loads(path.read_text()), path.stem
+    if (CONFIG_DIR / f"{model.removesuffix('.json')}.json").is_file():
+        return bundled_config(model), f"{model} (shipped config)"
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+    if path.exists() or str(model).startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ValueError(f"--model {model}: neither a model folder with config.json nor a .json")
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ValueError(
+            f"--model {model}: not a local folder or shipped config ({shipped}), and the hub is "
+            "off (HF_HUB_OFFLINE)"
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, "config.json")).read_text()), model
+    except Exception as err:  # offline, no such repo, gated: say which, in one line
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"--model {model}: not a local folder or shipped config ({shipped}), and the hub "
+            f"did not serve its config.json ({detail})"
+        ) from None
+
+
 # ----------------------------------------------------------------------------- estimates
 
 
@@ -358,22 +402,25 @@ def _padding_masks(batches: Sequence[tuple[int, int]], s: int, attention: str) -
     return sum(batch * seq_len * seq_len * per for batch, seq_len in batches)
 
 
-def _optimizer_bytes(elements: int, positions: int, s: int) -> int:
-    """``MaskedAdamW``: two moments per masked element in the weight dtype, plus an int32
-    position per masked element of a partly masked matrix (a whole matrix needs none)."""
-    return 2 * s * elements + 4 * positions
+def _optimizer_bytes(elements: int, positions: int) -> int:
+    """``MaskedAdamW``: two float32 moments per masked element (whatever the weight dtype),
+    plus an int32 position per masked element of a partly masked matrix (a whole one needs
+    none)."""
+    return 2 * 4 * elements + 4 * positions
 
 
 def _step_transient(m: ModelShape, s: int, elements: int, positions: int, every: bool) -> int:
-    """Temporaries of one parameter's update, counted on top (an upper bound): a partly masked
-    matrix gathers its gradient and values and makes ``v.sqrt()`` and ``denom``, ``4 s`` per
-    masked element of the largest matrix; a whole one only the last two, ``2 s`` per element
-    (the embedding is the largest parameter when ``every`` parameter trains)."""
+    """Temporaries of one parameter's update, counted on top (an upper bound): ``v.sqrt()``
+    and ``denom`` in float32 (8 bytes per element), float32 copies of the gradient and the
+    values for half-precision weights (8 more), and for a partly masked matrix the gathered
+    gradient and values in the weight dtype (``2 s``), per masked element of the largest
+    matrix (the embedding is the largest parameter when ``every`` parameter trains)."""
+    per = 8 + (8 if s < 4 else 0)
     if every:
-        return 2 * s * max(_largest_matrix(m), m.vocab * m.d_model)
+        return per * max(_largest_matrix(m), m.vocab * m.d_model)
     if positions == 0:
-        return 2 * s * _largest_matrix(m)
-    return 4 * s * min(_largest_matrix(m), elements)
+        return per * _largest_matrix(m)
+    return (per + 2 * s) * min(_largest_matrix(m), elements)
 
 
 def _train_stage(
@@ -403,7 +450,7 @@ def _train_stage(
         note,
         weights=weights,
         gradients=s * grad_elements,
-        optimizer=_optimizer_bytes(elements, positions, s),
+        optimizer=_optimizer_bytes(elements, positions),
         activations=_training_activations(m, s, batches, checkpointing, attention, all_weights),
         buffers=masks + _padding_masks(batches, s, attention) + step,
     )
