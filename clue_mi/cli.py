@@ -297,10 +297,20 @@ def cmd_plan(args: argparse.Namespace) -> None:
         at_len = plan.largest_fit(config, budget, seq_len=args.seq_len, **kwargs)
         at_batch = plan.largest_fit(config, budget, batch=args.train_batch_size, **kwargs)
         if at_len is None and at_batch is None:
+            hints = [
+                hint
+                for hint, used in (
+                    ("--dtype bfloat16", args.dtype != "float32"),
+                    ("a smaller --batch-size (attribution)", args.batch_size == 1),
+                    ("--gradient-checkpointing", args.gradient_checkpointing),
+                    ("--methods clue (no baseline stages)", set(args.methods) == {"clue"}),
+                )
+                if not used
+            ]
             print(
-                f"Nothing fits in {args.memory:g} GB at any batch or length: the weights and "
-                "fixed-size stages alone exceed it (try --dtype bfloat16, a smaller "
-                "--batch-size, or --gradient-checkpointing)."
+                f"Nothing fits in {args.memory:g} GB at any training batch or length: the "
+                "weights, the optimizer state and the fixed-size stages alone exceed it"
+                + (f" (try {', '.join(hints)})." if hints else ".")
             )
         for fit, what in ((at_len, "length"), (at_batch, "batch")):
             if fit is not None:

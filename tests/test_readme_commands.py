@@ -128,6 +128,22 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
     "python benchmarks/bench_run.py": Covered(
         "tests/test_bench_run.py::test_bench_run_quick_prints_stages_and_floor"
     ),
+    "clue-mi plan": Run("clue-mi plan --model tiny-llama --seq-len 64", expect="Peak: "),
+    "clue-mi plan --model zephyr-7b-beta --dtype bfloat16": Run(
+        "clue-mi plan --model zephyr-7b-beta --dtype bfloat16", expect="| train stage 2"
+    ),
+    "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --memory 80": Run(
+        "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --memory 80",
+        expect="Peak: 208.60 GB (attribution",  # the README prints this table
+    ),
+    "clue-mi run --model HuggingFaceH4/zephyr-7b-beta --dtype bfloat16 --gradient-checkpointing "
+    "--forget wmdp_cyber --data wmdp_cyber=DIR --gu-tasks "
+    "arc_easy,boolq,hellaswag,openbookqa,piqa,truthfulqa_mc2": Covered(
+        "tests/test_dtype.py::test_run_with_the_options_of_the_paper_setting",
+        example="clue-mi run --model HuggingFaceH4/zephyr-7b-beta --dtype bfloat16 "
+        "--gradient-checkpointing --forget wmdp_cyber --data wmdp_cyber=./wmdp --gu-tasks "
+        "arc_easy,boolq,hellaswag,openbookqa,piqa,truthfulqa_mc2",
+    ),
     ".venv/bin/python scripts/run_notebooks.py": Run(
         ".venv/bin/python scripts/run_notebooks.py --quick --out {tmp}/notebooks 01_gate_structure",
         expect="01_gate_structure.ipynb: ",
