@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from clue_mi import tasks
 from clue_mi.attribution import METHODS, clear_reference_runs
-from clue_mi.cache import discover
+from clue_mi.cache import discover, pinned_fingerprint
 from clue_mi.cnf import SEMANTICS
 from clue_mi.gates import logical_circuit
 from clue_mi.graph import LOGITS, Circuit, graph_for, select_circuit
@@ -190,18 +190,20 @@ def logical_circuits(
     out = {}
     steps = [(name, d) for name in task_data for d in ("noising", "denoising")]
     circuits: dict[tuple[str, str], nx.DiGraph] = {}
-    for name, direction in tqdm(steps, desc="circuits", disable=not progress):
-        find = discover if faithfulness else _select_unmeasured
-        circuits[name, direction] = find(
-            model,
-            task_data[name],
-            direction=direction,
-            method=config.method,
-            sparsity=config.sparsity,
-            steps=config.steps,
-            batch_size=config.batch_size,
-        )
-        check_circuit_reaches_logits(circuits[name, direction], name, direction, config)
+    # Nothing here writes the weights: check their content once, not at every cache key.
+    with pinned_fingerprint(model):
+        for name, direction in tqdm(steps, desc="circuits", disable=not progress):
+            find = discover if faithfulness else _select_unmeasured
+            circuits[name, direction] = find(
+                model,
+                task_data[name],
+                direction=direction,
+                method=config.method,
+                sparsity=config.sparsity,
+                steps=config.steps,
+                batch_size=config.batch_size,
+            )
+            check_circuit_reaches_logits(circuits[name, direction], name, direction, config)
     clear_reference_runs()  # the last task's clean/corrupted runs are not needed any more
     for name in task_data:
         out[name] = logical_circuit(circuits[name, "noising"], circuits[name, "denoising"])

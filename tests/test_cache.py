@@ -209,3 +209,42 @@ def test_restore_and_export_keep_the_fingerprint_honest(tiny, task, tmp_path):
     assert model_fingerprint(tiny) == before == weights_fingerprint(tiny)
     export_hf(tiny, tmp_path / "model", tokenizer=tiny.tokenizer)
     assert model_fingerprint(tiny) == before
+
+
+def test_pinned_fingerprint_checks_content_once_and_still_sees_torch_writes(tiny, monkeypatch):
+    from clue_mi import cache
+    from clue_mi.masks import get_parameter
+
+    cache._FINGERPRINTS.pop(tiny, None)
+    checked = []
+    real = cache._checksum
+    monkeypatch.setattr(cache, "_checksum", lambda p: checked.append(1) or real(p))
+    n_params = len(list(tiny.original_model.parameters()))
+    param = get_parameter(tiny, "model.layers.0.mlp.up_proj.weight")
+    saved = param.detach().clone()
+    before = model_fingerprint(tiny)
+    with cache.pinned_fingerprint(tiny) as pinned:
+        checked.clear()
+        assert pinned == before
+        for _ in range(5):
+            assert model_fingerprint(tiny) == before
+        assert checked == []  # no content pass while pinned
+        with cache.pinned_fingerprint(tiny):  # nests
+            assert model_fingerprint(tiny) == before
+        with torch.no_grad():
+            param.add_(1.0)  # a torch write moves _version: seen inside the block
+        try:
+            assert model_fingerprint(tiny) == weights_fingerprint(tiny) != before
+        finally:
+            with torch.no_grad():
+                param.copy_(saved)  # bit for bit (x + 1 - 1 is not x in float32)
+    assert len(checked) >= n_params  # the write forced a full check
+    assert not cache._PINNED  # released
+    # Outside a pin, a write behind autograd's back is caught by the content check.
+    old = param.data[0, 0].item()
+    param.data[0, 0] = old + 1.0
+    try:
+        assert model_fingerprint(tiny) == weights_fingerprint(tiny)
+    finally:
+        param.data[0, 0] = old
+    assert model_fingerprint(tiny) == weights_fingerprint(tiny) == before  # restored exactly
