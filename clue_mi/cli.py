@@ -101,11 +101,11 @@ def cmd_discover(args: argparse.Namespace) -> None:
         raise ValueError(
             f"unknown task {args.task!r} (--task); available: {', '.join(task_lib.names())}"
         )
-    model = _load(args)
     data = _data(args)
     unused = sorted(set(data) - {args.task})
     if unused:
         raise ValueError(f"--data {unused[0]}=...: this command discovers --task {args.task} only")
+    model = _load(args)
     kwargs = {"path": data[args.task]} if args.task in data else {}
     task = task_lib.get(args.task, model, n=args.n, n_eval=args.n_eval, seed=args.seed, **kwargs)
     params = dict(
