@@ -599,7 +599,7 @@ def _fail_closed_score(results: dict[str, Any], name: str, metric: str) -> float
     return sum(fail_closed_value(d, metric) for d in docs) / len(docs)
 
 
-def check_gu_tasks(names: Sequence[str]) -> list[str]:
+def check_gu_tasks(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` if every one is a shipped offline task or an lm-eval task, else a one-line
     ``OptionError`` naming the unknown ones (before a run spends minutes on attribution).
 
@@ -620,7 +620,7 @@ def check_gu_tasks(names: Sequence[str]) -> list[str]:
             f"gu_tasks (--gu-tasks): unknown lm-eval task(s) {', '.join(unknown)}; the shipped "
             f"offline ones are {', '.join(sorted(local))}, and `lm-eval ls tasks` lists the rest"
         )
-    return list(names)
+    return tuple(names)
 
 
 def general_utility(

@@ -369,7 +369,9 @@ def load_hf(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(path), EMBEDDED_NAME
     if str(name) == TINY_NAME:
-        return tiny_hf_model(seed=seed).to(dtype), _embedded_tokenizer(), TINY_NAME
+        tiny = tiny_hf_model(seed=seed)
+        torch.nn.Module.to(tiny, dtype)  # in place; HF's typed .to confuses the type checker
+        return tiny, _embedded_tokenizer(), TINY_NAME
     path = Path(name).expanduser()
     looks_like_path = path.suffix == ".gguf" or str(name).startswith((".", "/", "~"))
     if path.exists():
