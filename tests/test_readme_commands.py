@@ -175,7 +175,10 @@ SNIPPETS: dict[str, Snippet] = {  # keyed by the block's first line
     "from clue_mi import load_model, tasks": Snippet(
         subs=(
             ("model = load_model()", 'model = load_model("tiny-llama")'),
-            ('tasks.get("capitals", model)', 'tasks.get("capitals", model, n=8, n_eval=8)'),
+            (
+                'tasks.get("capitals", model, n_eval=32)',
+                'tasks.get("capitals", model, n=8, n_eval=8)',
+            ),
             ("tasks.get(t, model)", "tasks.get(t, model, n=8, n_eval=8)"),
             ("sparsity=0.95", "sparsity=0.5"),
             (
