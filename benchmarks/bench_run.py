@@ -14,7 +14,7 @@ bookkeeping) that the run needs at the least:
 * attribution: per task and batch of attribution prompts, a forward + backward (gradient w.r.t.
   activations) on the clean and on the corrupted prompts (noising and denoising share them),
   again after unlearning when the run re-localizes;
-* faithfulness: per task and batch of held-out prompts, a forward of the clean and the
+* faithfulness: per task and batch of the first 32 held-out prompts, a forward of the clean and the
   corrupted prompts and one per circuit (two);
 * training: per optimizer step, a forward + backward (parameter gradients) of one forget batch
   and, in stages that use it, one retain batch;
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from clue_mi.attribution import FAITHFULNESS_PROMPTS
 from clue_mi.evaluate import LOCAL_GU_TASKS, holdout_capital_texts, local_task_dir
 from clue_mi.experiment import METHODS, RunConfig, run_experiment
 from clue_mi.models import load_model
@@ -144,7 +145,8 @@ def measure_floor(model, cfg: RunConfig, steps: dict[str, int]) -> dict[str, flo
                 floor.activation_backward(c), floor.activation_backward(x)
             ))  # fmt: skip
             out["attribution"] += rounds * unit
-        for clean in _batches(task.eval.clean_tokens, p.batch_size):
+        held_out = task.eval.clean_tokens[:FAITHFULNESS_PROMPTS]  # what faithfulness reads
+        for clean in _batches(held_out, p.batch_size):
             out["faithfulness"] += 4 * _time(lambda c=clean: floor.forward(c))
     forget_task = task_data[p.forget]
     tok = floor.tok
@@ -204,12 +206,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
 
     model_name = args.model or ("tiny-llama" if args.quick else None)
     n = args.n or (8 if args.quick else 32)
-    pipe = {"n": n, "n_eval": n}
+    # The default run's eval splits (32 forget facts, retain pairs up to 128) unless --quick.
+    pipe = {"n": n, "n_eval": n if args.quick else None}
     if args.retain:
         pipe["retain"] = tuple(args.retain.split(","))  # type: ignore[assignment]
     if args.quick:
         pipe["sparsity"] = 0.5  # type: ignore[assignment]
-    epochs = tuple(args.epochs) if args.epochs else ((1, 1) if args.quick else (1, 5))
+    epochs = tuple(args.epochs) if args.epochs else RunConfig().epochs  # the default run's
     cfg = RunConfig(
         pipeline=PipelineConfig(**pipe),  # type: ignore[arg-type]
         model=model_name,
