@@ -205,8 +205,10 @@ def accuracy_metrics(
     Keys ``fe``, ``forget_acc``, ``fe_phrasings`` (None without phrasings), ``ru`` (per
     task), ``ru_mean``, ``finite``, ``eval_sizes`` (prompts behind ``fe``, ``fe_phrasings``
     and each ``ru``) and ``ci`` (``fe``, ``fe_phrasings``, ``ru`` per task and
-    ``ru_mean``, the interval of the mean over every retain prompt pooled: the tasks have
-    equal eval splits by default, where the pooled mean is ``ru_mean``).
+    ``ru_mean``: the interval of the mean over every retain prompt pooled, each prompt
+    weighing the same; with unequal splits (gender's 68 against 128) the pooled mean differs
+    from ``ru_mean``, the unweighted mean over tasks, by a fraction of a point, and readers
+    clamp the interval to hold ``ru_mean``).
     """
     correct, finite = prompt_outcomes(net, forget_task.eval, batch_size)
     acc = float(correct.float().mean())
