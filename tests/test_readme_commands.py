@@ -128,6 +128,9 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
     "python benchmarks/bench_run.py": Covered(
         "tests/test_bench_run.py::test_bench_run_quick_prints_stages_and_floor"
     ),
+    "python benchmarks/plan_vs_measured.py": Run(
+        "python benchmarks/plan_vs_measured.py --quick", expect="| train: all weights |"
+    ),
     "clue-mi plan": Run("clue-mi plan --model tiny-llama --seq-len 64", expect="Peak: "),
     "clue-mi plan --model zephyr-7b-beta --dtype bfloat16": Run(
         "clue-mi plan --model zephyr-7b-beta --dtype bfloat16", expect="| train stage 2"
