@@ -326,9 +326,11 @@ def _joint_eap_batch(
     for direction in DIRECTIONS:
         for k in range(1, steps):
             step(direction, k)
+    # Denoising's difference is -diff: negating the [S, R] result instead of the buffer is
+    # exact (rounding is symmetric in sign) and spares a [b, p, S, d] copy.
     return {
         "noising": torch.einsum("bpsd,bprd->sr", diff, grads["noising"]),
-        "denoising": torch.einsum("bpsd,bprd->sr", -diff, grads["denoising"]),
+        "denoising": -torch.einsum("bpsd,bprd->sr", diff, grads["denoising"]),
     }
 
 

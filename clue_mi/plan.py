@@ -86,6 +86,9 @@ it runs: ``einops.repeat(...).contiguous()``, our receiver hook's clone, the per
 float32 upcast and normalised value (or, later, the per-head results, the sender record's
 temporary and their gradients)."""
 CONFIG_DIR = Path(__file__).parent / "configs"
+STEP_CHUNK = 1 << 24
+"""``unlearn.STEP_CHUNK``: masked elements ``MaskedAdamW`` updates per fused call (kept here so
+that planning imports no torch)."""
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -314,15 +317,17 @@ def train_layer_bytes(m: ModelShape, s: int, seq_len: int, attention: str = "sdp
     checkpointing, every linear weight of the layer trainable):
 
     ``2 n d`` (both norm inputs, ``n`` = 4 for RMSNorm's float32 upcast) + ``s (2d + q + 2 kv'
-    + 2q)`` (both norm outputs, q after RoPE, k and v as SDPA sees them with ``kv' = q`` when
-    ``G < H``, the SDPA output and its ``[b, p, q]`` copy for ``o_proj``, which may be free when
-    the kernel already writes that layout) + ``4 H`` (SDPA's float32 log-sum-exp) + ``s 4 I``
-    (gate output, SiLU output, up output, their product; GPT-2: ``5 I``), + ``s H p``
-    probabilities with ``attention="eager"``.
+    + q)`` (both norm outputs, q after RoPE, k and v as SDPA sees them with ``kv' = q`` when
+    ``G < H``, the SDPA output, which ``o_proj`` reads without a copy) + ``4 H`` (SDPA's float32
+    log-sum-exp) + ``s 4 I`` (gate output, SiLU output, up output, their product; GPT-2:
+    ``5 I``) + ``s p`` (the attention mask SDPA is handed in the weight dtype and keeps, ``s b
+    p^2`` per layer), + ``s H p`` probabilities with ``attention="eager"``. Measured on the
+    embedded model (``benchmarks/plan_vs_measured.py``): every term is an allocation the CPU
+    kernels make and keep.
     """
     d, q = m.d_model, m.q_dim
-    kept = 2 * _norm_input_bytes(m, s) * d + s * (2 * d + q + 2 * _kv_seen(m) + 2 * q)
-    kept += 4 * m.n_heads + s * (4 if m.gated else 5) * m.d_mlp
+    kept = 2 * _norm_input_bytes(m, s) * d + s * (2 * d + q + 2 * _kv_seen(m) + q)
+    kept += 4 * m.n_heads + s * (4 if m.gated else 5) * m.d_mlp + s * seq_len
     if attention == "eager":
         kept += s * m.n_heads * seq_len
     return kept
@@ -357,43 +362,71 @@ def bridge_transient_bytes(m: ModelShape) -> int:
     return BRIDGE_SLOT_COPIES * 4 * m.n_heads * m.d_model
 
 
-def _training_activations(
+def _kept_bytes(
+    m: ModelShape,
+    s: int,
+    batch: int,
+    seq_len: int,
+    checkpointing: bool,
+    attention: str,
+    all_weights: bool,
+) -> int:
+    """Bytes one batch's graph keeps from its forward until backward reaches it:
+    ``T (L a + n d + 4V)`` with ``a`` = :func:`train_layer_bytes`, ``n d`` the final norm's
+    input and ``4V`` the float32 log-softmax ``token_nll`` keeps
+    (``logits[:, :-1].float().log_softmax(-1)``); with ``all_weights`` (norm weights and
+    ``lm_head`` / the tied embedding trained too) also each norm's normalised value and the
+    ``lm_head`` input, ``s (2L + 1) d``. With ``checkpointing`` a layer keeps only its input,
+    ``s d``."""
+    d = m.d_model
+    per_layer = s * d if checkpointing else train_layer_bytes(m, s, seq_len, attention)
+    tail = _norm_input_bytes(m, s) * d + 4 * m.vocab
+    if all_weights:
+        per_layer += 0 if checkpointing else 2 * s * d
+        tail += s * d
+    return batch * seq_len * (m.n_layers * per_layer + tail)
+
+
+def _training_phases(
     m: ModelShape,
     s: int,
     batches: Sequence[tuple[int, int]],
+    *,
+    grads: int,
+    step: int,
     checkpointing: bool,
     attention: str,
-    all_weights: bool = False,
-) -> int:
-    """Activations of one optimizer step whose loss sums ``batches`` (``(batch, seq_len)``).
+    all_weights: bool,
+) -> dict[str, dict[str, int]]:
+    """What is alive, beyond weights, optimizer state and masks, at the three moments where a
+    training step can peak (per part of :data:`PARTS`):
 
-    Every batch's graph is alive at ``backward()`` (stage 2 runs the forget and the retain
-    forward before one backward). Per batch of ``T`` tokens: ``T (L a + n d + 4V)`` with ``a`` =
-    :func:`train_layer_bytes`, ``n d`` the final norm's input and ``4V`` the float32 log-softmax
-    ``token_nll`` keeps (``logits[:, :-1].float().log_softmax(-1)``); with ``all_weights`` (norm
-    weights and ``lm_head`` / the tied embedding trained too) also each norm's normalised value
-    and the ``lm_head`` input, ``s (2L + 1) d``. With ``checkpointing`` (HF
-    ``gradient_checkpointing_enable``; the trainer does not call it today) a layer keeps only its
-    input, ``s d``, and one layer is recomputed during backward: ``+ Σ T a``. Transient on top:
-    the larger of the loss head's backward (``2 x 4 V T`` of the largest batch: gradients of the
-    log-probs and of the logits) and one layer's backward working set (``Σ T a``).
+    * **backward start**: every batch's kept graph (the loss sums ``batches``; stage 2 runs
+      the forget and the retain forward before one backward), plus the loss head's backward,
+      ``2 x 4 V T`` of the largest batch (gradients of the log-probs and of the logits), or one
+      layer's backward working set ``T a`` if larger (with ``checkpointing`` the recomputed
+      layer too), plus the ``lm_head`` gradient ``s V d`` when it trains;
+    * **backward end**: every gradient, and the graphs of all batches but the last (autograd
+      runs the last-built graph first and holds each shared parameter's gradient until every
+      graph has given its part), one layer's working set, and with ``all_weights`` on a tied
+      embedding two more ``s V d`` parts of its gradient waiting to be summed;
+    * **optimizer step**: every gradient and the step's float32 copies (:func:`_step_transient`).
+
+    Activations are freed as backward walks down the layers while gradients are allocated, so
+    activations and gradients are not summed: the peak is the largest of the three. Measured on
+    the embedded model within 20% (BENCHMARKS.md).
     """
-    kept = recompute = head = 0
-    layer_all = 0
-    for batch, seq_len in batches:
-        tokens = batch * seq_len
-        layer = train_layer_bytes(m, s, seq_len, attention)
-        per_layer = s * m.d_model if checkpointing else layer
-        tail = _norm_input_bytes(m, s) * m.d_model + 4 * m.vocab
-        if all_weights:
-            per_layer += 0 if checkpointing else 2 * s * m.d_model
-            tail += s * m.d_model
-        kept += tokens * (m.n_layers * per_layer + tail)
-        layer_all += tokens * layer
-        head = max(head, 2 * 4 * m.vocab * tokens)
-    if checkpointing:
-        recompute = layer_all
-    return kept + recompute + max(head, layer_all)
+    kept = [_kept_bytes(m, s, b, p, checkpointing, attention, all_weights) for b, p in batches]
+    tokens = max(b * p for b, p in batches)
+    layer = tokens * train_layer_bytes(m, s, max(p for _, p in batches), attention)
+    work = max(2 * 4 * m.vocab * tokens, layer * (2 if checkpointing else 1))
+    head_grad = s * m.vocab * m.d_model if all_weights else 0
+    tied = 2 * s * m.vocab * m.d_model if all_weights and m.tied else 0
+    return {
+        "backward start": {"gradients": head_grad, "activations": sum(kept) + work},
+        "backward end": {"gradients": grads + tied, "activations": sum(kept[:-1]) + layer},
+        "optimizer step": {"gradients": grads, "buffers": step},
+    }
 
 
 def _padding_masks(batches: Sequence[tuple[int, int]], s: int, attention: str) -> int:
@@ -410,17 +443,13 @@ def _optimizer_bytes(elements: int, positions: int) -> int:
 
 
 def _step_transient(m: ModelShape, s: int, elements: int, positions: int, every: bool) -> int:
-    """Temporaries of one parameter's update, counted on top (an upper bound): ``v.sqrt()``
-    and ``denom`` in float32 (8 bytes per element), float32 copies of the gradient and the
-    values for half-precision weights (8 more), and for a partly masked matrix the gathered
-    gradient and values in the weight dtype (``2 s``), per masked element of the largest
-    matrix (the embedding is the largest parameter when ``every`` parameter trains)."""
-    per = 8 + (8 if s < 4 else 0)
-    if every:
-        return per * max(_largest_matrix(m), m.vocab * m.d_model)
-    if positions == 0:
-        return per * _largest_matrix(m)
-    return (per + 2 * s) * min(_largest_matrix(m), elements)
+    """Float32 copies ``MaskedAdamW.step`` makes of one chunk (:data:`STEP_CHUNK` elements,
+    plus one parameter): gathered values and gradients of partly masked matrices (8 bytes per
+    element); for half-precision weights also of whole ones, and the rounded values written
+    back (``s``, one parameter at a time). A whole float32 matrix is updated in place."""
+    largest = max(_largest_matrix(m), m.vocab * m.d_model) if every else _largest_matrix(m)
+    copied = elements if s < 4 else positions
+    return 8 * min(copied, STEP_CHUNK + largest) + (s * min(elements, largest) if s < 4 else 0)
 
 
 def _train_stage(
@@ -439,20 +468,26 @@ def _train_stage(
     attention: str,
     all_weights: bool = False,
 ) -> StageEstimate:
-    """A ``MaskedAdamW`` stage: weights + dense gradients of every touched parameter + the
-    optimizer state of ``elements`` masked elements + activations + masks and temporaries."""
+    """A ``MaskedAdamW`` stage: weights, the optimizer state of ``elements`` masked elements,
+    masks and padding masks, plus the largest of :func:`_training_phases` (named in the note);
+    dense gradients of every touched parameter (``grad_elements``)."""
     if elements == 0:  # ``_run_stage`` returns before building anything
         return _estimate(name, note + " (empty mask: trains nothing)", weights=weights,
                          buffers=masks)  # fmt: skip
-    step = _step_transient(m, s, elements, positions, all_weights)
+    phases = _training_phases(
+        m, s, batches, grads=s * grad_elements,
+        step=_step_transient(m, s, elements, positions, all_weights),
+        checkpointing=checkpointing, attention=attention, all_weights=all_weights,
+    )  # fmt: skip
+    when, alive = max(phases.items(), key=lambda kv: sum(kv[1].values()))
     return _estimate(
         name,
-        note,
+        f"{note}; peak at {when}",
         weights=weights,
-        gradients=s * grad_elements,
         optimizer=_optimizer_bytes(elements, positions),
-        activations=_training_activations(m, s, batches, checkpointing, attention, all_weights),
-        buffers=masks + _padding_masks(batches, s, attention) + step,
+        gradients=alive.get("gradients", 0),
+        activations=alive.get("activations", 0),
+        buffers=masks + _padding_masks(batches, s, attention) + alive.get("buffers", 0),
     )
 
 
@@ -574,32 +609,38 @@ def _attribution(
 ) -> StageEstimate:
     """EAP / EAP-IG of both directions (``attribution.attribute_both``), one batch at a time.
 
-    Buffers (float32): the sender difference ``[b, p, S, d]`` and one receiver-gradient buffer
-    ``[b, p, R, d]`` per direction, ``4 T d (S + 2R)`` (exact allocations); at the contraction
-    ``einsum("bpsd,bprd->sr")``, the negated difference denoising uses and the contiguous
-    copies einsum makes of both operands to form one matrix product, ``4 T d (2S + R)``; the
-    float64 pair accumulators of both directions, both float32 einsum results and one float64
-    copy, ``(2 x 8 + 2 x 4 + 8) S R``.
-
-    Activations: one gradient-carrying bridge run is alive at a time (the other run has no
-    gradient; EAP-IG's steps each free their graph): ``T (L b + 3 s d)`` with ``b`` =
-    :func:`bridge_layer_bytes` and the kept embeddings, plus the layer at work, ``T (b + t)``
-    with ``t`` = :func:`bridge_transient_bytes`. ``"exact"`` patching is not modelled (it
-    repeats each batch 16 times, without gradients).
+    The larger of two moments. **Runs**: the float32 buffers, the sender difference
+    ``[b, p, S, d]`` and one receiver-gradient buffer ``[b, p, R, d]`` per direction,
+    ``4 T d (S + 2R)``, plus one gradient-carrying bridge run (the other run has no gradient;
+    EAP-IG's steps each free their graph): ``T (L b + 3 s d)`` with ``b`` =
+    :func:`bridge_layer_bytes` and the kept embeddings, and the layer at work, ``T (b + t)``
+    with ``t`` = :func:`bridge_transient_bytes`. **Contraction** (the runs are freed):
+    ``einsum("bpsd,bprd->sr")`` on the buffers and the contiguous copies einsum makes of both
+    operands, ``4 T d (2S + 3R)``. Both add the float64
+    pair accumulators of both directions, both float32 einsum results and one float64 copy,
+    ``(2 x 8 + 2 x 4 + 8) S R``. ``"exact"`` patching is not modelled (it repeats each batch
+    16 times, without gradients).
     """
     tokens = batch * seq_len
-    buffers = BUFFER_BYTES * tokens * m.d_model * (3 * m.n_senders + 3 * m.n_receivers)
-    buffers += (2 * 8 + 2 * 4 + 8) * m.n_senders * m.n_receivers
+    pairs = (2 * 8 + 2 * 4 + 8) * m.n_senders * m.n_receivers
+    buffers = BUFFER_BYTES * tokens * m.d_model * (m.n_senders + 2 * m.n_receivers)
     layer = bridge_layer_bytes(m, s, seq_len)
     at_work = layer + bridge_transient_bytes(m)
-    activations = tokens * (m.n_layers * layer + 3 * s * m.d_model + at_work)
-    return _estimate(
-        "attribution (EAP / EAP-IG, both directions)",
-        f"batch {batch} x {seq_len} tokens",
-        weights=weights,
-        activations=activations,
-        buffers=buffers + masks,
-    )
+    runs = tokens * (m.n_layers * layer + 3 * s * m.d_model + at_work)
+    contraction = BUFFER_BYTES * tokens * m.d_model * (2 * m.n_senders + 3 * m.n_receivers)
+    shape = f"batch {batch} x {seq_len} tokens"
+    if buffers + runs >= contraction:
+        return _estimate("attribution (EAP / EAP-IG, both directions)", f"{shape}; peak in the "
+                         "runs", weights=weights, activations=runs,
+                         buffers=buffers + pairs + masks)  # fmt: skip
+    return _estimate("attribution (EAP / EAP-IG, both directions)", f"{shape}; peak at the "
+                     "contraction", weights=weights, buffers=contraction + pairs + masks)  # fmt: skip
+
+
+FAITHFULNESS_PATCHED_SENDERS = 0.5
+"""Senders one patched receiver slot gathers, as a fraction of ``S``: a circuit run sums the
+smaller of the slot's kept and excluded sender sets (``attribution._circuit_patch``), at most
+about half of them unless the slot's heads disagree on every sender."""
 
 
 def _faithfulness(
@@ -607,24 +648,28 @@ def _faithfulness(
 ) -> StageEstimate:
     """Circuit runs on the held-out prompts (``attribution.faithfulness``), no gradients.
 
-    ``_reference_runs`` keeps the corrupted run's senders and receivers of *every* batch:
-    ``4 n p d (S + R)`` for ``n`` prompts; per circuit batch a sender-difference buffer
-    ``4 T S d`` and, per patched receiver slot, at most ``4 T d (2S + 2H)`` (the differences of
-    its senders gathered by index and einsum's contiguous copy, the summed terms and the new
-    input); plus one bridge layer in flight (``T (b + t)``, no graph kept). Runs before the
-    snapshot exists.
+    ``_reference_runs`` keeps the corrupted run's senders and receivers of *every* batch,
+    ``4 n p d (S + R)`` for ``n`` prompts, and the clean and corrupted final-position logits,
+    ``2 x 4 n V``; the circuit batch's logits ``4 b V``. On top, the larger of the circuit run,
+    a sender-difference buffer ``4 T S d``, per patched slot the gathered differences of
+    ``k`` = :data:`FAITHFULNESS_PATCHED_SENDERS` ``S`` senders and einsum's contiguous copy,
+    and the slot's terms, new input and patched input, ``4 T d (2k + 3H)``, and one bridge layer
+    in flight (``T (b + t)``, no graph kept); and the KL in float64, five ``[b, V]`` tensors
+    (``8 x 5 b V``). Runs before the snapshot exists.
     """
     tokens = batch * seq_len
     refs = BUFFER_BYTES * n_prompts * seq_len * m.d_model * (m.n_senders + m.n_receivers)
-    delta = BUFFER_BYTES * tokens * m.n_senders * m.d_model
-    patch = BUFFER_BYTES * tokens * m.d_model * (2 * m.n_senders + 2 * m.n_heads)
-    logits = 3 * 4 * n_prompts * m.vocab
+    logits = 4 * m.vocab * (2 * n_prompts + batch)
+    k = round(FAITHFULNESS_PATCHED_SENDERS * m.n_senders)
+    run = BUFFER_BYTES * tokens * m.d_model * (m.n_senders + 2 * k + 3 * m.n_heads)
+    run += tokens * (bridge_layer_bytes(m, s, seq_len) + bridge_transient_bytes(m))
+    kl = 8 * 5 * batch * m.vocab
     return _estimate(
         "faithfulness (circuit runs)",
         f"{n_prompts} held-out prompts x {seq_len} tokens",
         weights=weights,
-        activations=tokens * (bridge_layer_bytes(m, s, seq_len) + bridge_transient_bytes(m)),
-        buffers=refs + delta + patch + logits,
+        activations=max(run, kl),
+        buffers=refs + logits,
     )
 
 
@@ -640,20 +685,24 @@ def _wagle(
 ) -> StageEstimate:
     """WAGLE scores and their top-k (``unlearn.wagle_scores``, ``top_mask``).
 
-    The larger of (a) the retain-gradient pass: ``grad_f`` kept, ``param.grad`` and its clone
-    ``grad_r``, ``3 s P``, plus one batch's training activations; (b) scoring: ``grad_f``,
-    ``grad_r`` and the scores, ``3 s P`` (no activations); (c) ``top_mask``: the scores
-    ``s P``, their float32 concatenation ``4 P``, the bool keep vector ``P`` and ``topk``'s
-    values and int64 indices ``12 k``.
+    The largest of (a) the retain-gradient pass: ``grad_f`` kept and ``param.grad``
+    accumulating, ``2 s P``, plus the start of one batch's backward (:func:`_training_phases`);
+    (b) scoring: ``grad_f``, ``param.grad``'s clone ``grad_r`` and the scores, ``3 s P``, and
+    two temporaries of the largest matrix; (c) ``top_mask``: the scores ``s P``, their float32
+    concatenation ``4 P``, the bool keep vector ``P`` and ``topk``'s values and int64 indices
+    ``12 k``.
     """
-    grads = 3 * s * pool
-    acts = _training_activations(m, s, [(batch, seq_len)], False, "sdpa")
-    topk = (s + 4 + 1) * pool + 12 * elements
+    start = _training_phases(m, s, [(batch, seq_len)], grads=0, step=0, checkpointing=False,
+                             attention="sdpa", all_weights=False)["backward start"]  # fmt: skip
     note = "gradients of forget and retain loss, then top-k"
-    if grads + acts >= topk:
-        return _estimate("mask: WAGLE scores", note, weights=weights, gradients=grads,
-                         activations=acts, buffers=masks)  # fmt: skip
-    return _estimate("mask: WAGLE scores", note, weights=weights, buffers=masks + topk)
+    options = [
+        {"gradients": 2 * s * pool, "activations": start["activations"]},
+        {"gradients": 3 * s * pool, "buffers": 2 * s * _largest_matrix(m)},
+        {"buffers": (s + 4 + 1) * pool + 12 * elements},
+    ]
+    top = max(options, key=lambda parts: sum(parts.values()))
+    return _estimate("mask: WAGLE scores", note, weights=weights,
+                     **(top | {"buffers": masks + top.get("buffers", 0)}))  # fmt: skip
 
 
 def _evaluation(
@@ -662,16 +711,17 @@ def _evaluation(
     """``evaluate_model``: forward passes only (``no_grad``), batch 32, plain HF model.
 
     Per token, the larger of one layer in flight, ``s (2d + max(3q + 2kv', 3I))`` (+ ``4d`` for
-    a norm's float32 upcast when ``s < 4``), and the unembedding: HF computes logits at every
-    position, and the MIA's ``token_logprobs`` takes ``logits.float().log_softmax(-1)``:
-    ``V (s + 4)`` in float32, ``V (s + 8)`` otherwise; plus the residual ``s d`` and the bool
-    padding mask ``b p^2`` (MIA, Rouge-L and lm-eval pad). ``final_logits`` keeps only the last
-    position, lm-eval takes a log-softmax in the weight dtype: both are below the MIA's peak.
+    a norm's float32 upcast when ``s < 4``), and the unembedding, the larger of the MIA's and
+    lm-eval's: HF computes logits at every position; the MIA's ``token_logprobs`` takes
+    ``logits.float().log_softmax(-1)``, ``V (s + 4)`` in float32, ``V (s + 8)`` otherwise;
+    lm-eval takes a log-softmax in the weight dtype and still holds the previous batch's while
+    it computes the next, ``3 s V``. Plus the residual ``s d`` and the bool padding mask
+    ``b p^2`` (MIA, Rouge-L and lm-eval pad). ``final_logits`` keeps only the last position.
     """
     d = m.d_model
     upcast = 4 * d if s < 4 and m.model_type != "gpt2" else 0
     layer = s * (2 * d + max(3 * m.q_dim + 2 * _kv_seen(m), 3 * m.d_mlp)) + upcast
-    head = m.vocab * (s + 4 + (4 if s != 4 else 0))
+    head = m.vocab * max(s + 4 + (4 if s != 4 else 0), 3 * s)
     tokens = batch * seq_len
     return _estimate(
         "evaluation (FE, RU, MIA, Rouge-L, lm-eval)",

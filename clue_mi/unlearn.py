@@ -221,6 +221,11 @@ def reference_nll(model, data: Encoded, batch_size: int) -> Float[Tensor, " n"]:
 # ----------------------------------------------------------------------------- optimizer
 
 
+STEP_CHUNK = 1 << 24
+"""Masked elements :class:`MaskedAdamW` updates per fused kernel call (16.8M: 134 MB of float32
+copies of values and gradients at most, plus one parameter)."""
+
+
 class MaskedAdamW:
     """AdamW over the masked elements of some parameters, and nothing else.
 
@@ -287,14 +292,34 @@ class MaskedAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One AdamW step of every masked element, in one fused kernel (``torch._fused_adamw_``:
-        about 6x faster than the same update written as eight elementwise passes)."""
+        """One AdamW step of every masked element, in fused kernels (``torch._fused_adamw_``:
+        about 6x faster than the same update written as eight elementwise passes).
+
+        Parameters go to the kernel in chunks of about :data:`STEP_CHUNK` elements, each
+        gathered, updated and written back before the next is gathered: the float32 copies of
+        gathered (or half-precision) values and gradients then cost a chunk, not the mask (on a
+        7B model the whole mask's copies would be tens of GB)."""
         self.t += 1
-        work: list[tuple[dict[str, Any], Tensor, Tensor]] = []  # (group, values, gradient)
+        step = torch.tensor(float(self.t))
+        chunk: list[dict[str, Any]] = []
+        size = 0
         for g in self.groups:
-            param, mask, index = g["param"], g["mask"], g["index"]
-            if param.grad is None:
+            if g["param"].grad is None:
                 continue
+            chunk.append(g)
+            size += g["exp_avg"].numel()
+            if size >= STEP_CHUNK:
+                self._update(chunk, step)
+                chunk, size = [], 0
+        if chunk:
+            self._update(chunk, step)
+
+    def _update(self, groups: list[dict[str, Any]], step: Tensor) -> None:
+        """Gather, update in one fused kernel, and scatter back the masked elements of
+        ``groups``."""
+        work: list[tuple[dict[str, Any], Tensor, Tensor]] = []  # (group, values, gradient)
+        for g in groups:
+            param, mask, index = g["param"], g["mask"], g["index"]
             if index is not None:
                 grad = param.grad.reshape(-1).index_select(0, index)
                 values = param.view(-1).index_select(0, index)  # a gathered copy
@@ -308,9 +333,6 @@ class MaskedAdamW:
             if values is param and not param.is_contiguous():
                 values = values.contiguous()
             work.append((g, values, grad.float().contiguous()))
-        if not work:
-            return
-        step = torch.tensor(float(self.t))
         torch._fused_adamw_(
             [w[1] for w in work],
             [w[2] for w in work],

@@ -153,12 +153,16 @@ def test_optimizer_bytes_match_masked_adamw(tiny):
 
 
 def test_bf16_halves_weight_and_gradient_bytes():
-    fp32 = plan.stage_memory(SMOLLM2, dtype="float32")
-    bf16 = plan.stage_memory(SMOLLM2, dtype="bfloat16")
+    fp32 = plan.stage_memory(SMOLLM2, dtype="float32", batch=1, seq_len=4)
+    bf16 = plan.stage_memory(SMOLLM2, dtype="bfloat16", batch=1, seq_len=4)
     for a, b in zip(fp32, bf16, strict=True):
         assert a.name == b.name
         assert a.breakdown["weights"] == 2 * b.breakdown["weights"] > 0
-        assert a.breakdown["gradients"] == 2 * b.breakdown["gradients"]
+        if a.note == b.note:  # the same moment of a training step is at the peak
+            assert a.breakdown["gradients"] == 2 * b.breakdown["gradients"]
+    same = [a for a, b in zip(fp32, bf16, strict=True) if a.note == b.note and a.breakdown[
+        "gradients"]]  # fmt: skip
+    assert len(same) >= 3
     # Outside the experiment there is no snapshot: the weights are exactly s x N.
     alone = plan.stage_memory(SMOLLM2, dtype="bfloat16", experiment=False)
     assert _stage(alone, "evaluation").breakdown["weights"] == 2 * 134_515_008
@@ -170,34 +174,71 @@ def test_bytes_are_the_sum_of_the_breakdown():
         assert set(st.breakdown) == set(plan.PARTS)
 
 
-def test_attribution_buffers_grow_with_the_buffer_shapes():
-    """Per prompt: ``[p, S, d]`` sender differences + two ``[p, R, d]`` gradient buffers, and at
-    the contraction the negated differences and einsum's copies of both operands."""
-
-    def buffers(batch: int) -> int:
+def test_attribution_peaks_in_the_runs_or_at_the_contraction():
+    """By hand, per token: in the runs the ``[b, p, S, d]`` sender differences, two
+    ``[b, p, R, d]`` gradient buffers and one bridge run's graph; at the contraction the
+    buffers and einsum's contiguous copies of both operands. The larger one is the peak."""
+    shape = plan.model_shape(SMOLLM2)
+    layer = plan.bridge_layer_bytes(shape, 4, 15)
+    runs = 4 * 576 * (301 + 2 * 481) + 30 * layer + 3 * 4 * 576 + layer
+    runs += plan.bridge_transient_bytes(shape)
+    contraction = 4 * 576 * (2 * 301 + 3 * 481)
+    pairs = (2 * 8 + 2 * 4 + 8) * 301 * 481
+    for batch in (1, 8):
         stages = plan.stage_memory(SMOLLM2, attribution_batch=batch, prompt_len=15)
-        return _stage(stages, "attribution").breakdown["buffers"]
-
-    allocated = 4 * 15 * 576 * (301 + 2 * 481)  # the [b, p, 301, 576] and [b, p, 481, 576]s
-    at_einsum = 4 * 15 * 576 * (2 * 301 + 481)
-    assert buffers(9) - buffers(8) == allocated + at_einsum
+        st = _stage(stages, "attribution")
+        masks = 2 * plan.param_counts(SMOLLM2)["layer_matrices"]
+        extra = st.bytes - st.breakdown["weights"] - masks - pairs
+        assert extra == batch * 15 * max(runs, contraction)
+        assert ("runs" in st.note) == (runs >= contraction)
 
 
 def test_training_layer_formula_by_hand():
     shape = plan.model_shape(SMOLLM2)
-    # 2 float32 norm inputs + s (2d + q + 2 repeated kv + 2q) + 4H + s 4I, s = 4.
-    by_hand = 2 * 4 * 576 + 4 * (1152 + 576 + 1152 + 1152) + 4 * 9 + 4 * 4 * 1536
-    assert plan.train_layer_bytes(shape, 4, 32) == by_hand == 45_348
+    # 2 float32 norm inputs + s (2d + q + 2 repeated kv + q) + 4H + s 4I + s p (the mask), s = 4.
+    by_hand = 2 * 4 * 576 + 4 * (1152 + 576 + 1152 + 576) + 4 * 9 + 4 * 4 * 1536 + 4 * 32
+    assert plan.train_layer_bytes(shape, 4, 32) == by_hand == 43_172
     assert plan.train_layer_bytes(shape, 4, 32, "eager") == by_hand + 4 * 9 * 32
 
 
 def test_stage_two_holds_both_batches():
-    def acts(prefix: str, **kw) -> int:
-        return _stage(plan.stage_memory(SMOLLM2, **kw), prefix).breakdown["activations"]
+    """Long sequences: the peak is at the start of backward, with every batch's graph."""
 
-    assert acts("train stage 2") > acts("train stage 1")
-    assert acts("train stage 2", retain=False) == acts("train stage 1")
-    assert acts("train stage 1", checkpointing=True) < acts("train stage 1")
+    def train(prefix: str, **kw) -> plan.StageEstimate:
+        return _stage(plan.stage_memory(SMOLLM2, seq_len=512, **kw), prefix)
+
+    assert "backward start" in train("train stage 2").note
+    assert train("train stage 2").breakdown["gradients"] == 0  # none allocated yet
+    acts = {k: train(k).breakdown["activations"] for k in ("train stage 1", "train stage 2")}
+    assert acts["train stage 2"] > acts["train stage 1"]
+    assert train("train stage 2", retain=False).breakdown["activations"] == acts["train stage 1"]
+    assert train("train stage 1", checkpointing=True).breakdown["activations"] < acts[
+        "train stage 1"
+    ]
+
+
+def test_short_sequences_peak_after_the_activations_are_freed():
+    """Activations are freed while the gradients are allocated, so the two are not summed. The
+    default run's shapes: every gradient and the forget batch's graph, which waits while the
+    retain graph runs backward first; one token: every gradient and one chunk of the step's
+    float32 copies."""
+    grads = 4 * plan.param_counts(SMOLLM2)["layer_matrices"]
+    shape = plan.model_shape(SMOLLM2)
+
+    def stage2(batch: int, seq_len: int) -> plan.StageEstimate:
+        stages = plan.stage_memory(SMOLLM2, batch=batch, seq_len=seq_len, experiment=False)
+        return _stage(stages, "train stage 2")
+
+    st = stage2(8, 16)
+    assert "backward end" in st.note and st.breakdown["gradients"] == grads
+    forget_graph = 8 * 16 * (30 * plan.train_layer_bytes(shape, 4, 16) + 4 * 576 + 4 * 49152)
+    assert st.breakdown["activations"] == forget_graph + 8 * 16 * plan.train_layer_bytes(
+        shape, 4, 16
+    )
+    st = stage2(1, 1)
+    assert "optimizer step" in st.note and st.breakdown["activations"] == 0
+    assert st.breakdown["gradients"] == grads
+    assert st.breakdown["buffers"] - 2 == 8 * (plan.STEP_CHUNK + 576 * 1536)  # 2: padding
 
 
 def test_bad_inputs():
@@ -319,9 +360,8 @@ def test_resolve_config_reads_folders_files_and_shipped_names(tmp_path):
 
 
 def test_plan_against_a_measured_peak_on_the_tiny_model(capsys, monkeypatch):
-    """``benchmarks/plan_vs_measured.py --quick``: both stages measured and compared. Measured
-    on tiny-llama: predicted / measured 0.97 (attribution) and 1.60 (training); the bounds here
-    only catch a plan that has come loose from what runs (BENCHMARKS.md has the numbers)."""
+    """``benchmarks/plan_vs_measured.py --quick``: every stage measured and predicted within 20%
+    on tiny-llama (measured 0.83 to 1.12; BENCHMARKS.md has the embedded model's numbers)."""
     import runpy
     import sys
 
@@ -330,6 +370,7 @@ def test_plan_against_a_measured_peak_on_the_tiny_model(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["plan_vs_measured.py", "--quick"])
     runpy.run_path(str(ROOT / "benchmarks" / "plan_vs_measured.py"), run_name="__main__")
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    ratios = {r.split(" | ")[0][2:]: float(r.rstrip(" |").split(" | ")[-1]) for r in rows[1:]}
-    assert set(ratios) == {"attribution (EAP / EAP-IG, both directions)", "train: all weights"}
-    assert all(0.8 <= ratio <= 2.0 for ratio in ratios.values()), ratios
+    ratios = {r.split(" | ")[2].split(" (")[0]: float(r.rstrip(" |").split(" | ")[-1])
+              for r in rows[2:]}  # fmt: skip
+    assert len(ratios) == len(plan.stage_memory(plan.resolve_config("tiny-llama")[0]))
+    assert all(0.8 <= ratio <= 1.2 for ratio in ratios.values()), ratios

@@ -231,6 +231,31 @@ def test_masked_adamw_matches_torch_adamw():
     assert (masked.detach()[mask] != start[mask]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_adamw_chunks_give_the_same_update(monkeypatch, dtype):
+    """``step`` updates parameters in chunks of ``STEP_CHUNK`` elements (its float32 copies
+    cost a chunk, not the mask): one element per chunk and one chunk for all are bit-identical,
+    for partly masked, whole and half-precision parameters."""
+    from clue_mi import plan
+
+    assert plan.STEP_CHUNK == U.STEP_CHUNK  # the plan prices the same chunk
+
+    def run(chunk: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(U, "STEP_CHUNK", chunk)
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape).to(dtype)) for shape in (64, (8, 8), 32)]
+        masks = [torch.rand(64) < 0.5, torch.ones(8, 8, dtype=torch.bool), torch.rand(32) < 0.3]
+        opt = U.MaskedAdamW(list(zip(params, masks, strict=True)), lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape).to(dtype)
+            opt.step()
+        return [p.detach().clone() for p in params]
+
+    for one, every in zip(run(1), run(1 << 30), strict=True):
+        assert torch.equal(one, every)
+
+
 def test_full_baseline_is_dense(model):
     full = U.baseline_mask(model, "all")
     n_params = sum(p.numel() for p in M.hf_parameters(model).values())
