@@ -124,9 +124,16 @@ def measure(model, name: str, long: bool) -> list[tuple[str, str, int, int]]:
 
     def train(mask, lam, forget_only=False, checkpointing=False):
         def work():
-            U.train_stages(model, [U.Stage(mask, "ga", forget, 1, lam)],
-                           None if forget_only else retain, lr=0.0, batch_size=8, progress=False,
-                           checkpointing=checkpointing)
+            U.train_stages(
+                model,
+                [U.Stage(mask, "ga", forget, 1, lam)],
+                None if forget_only else retain,
+                lr=0.0,
+                batch_size=8,
+                progress=False,
+                checkpointing=checkpointing,
+            )
+
         return work  # fmt: skip
 
     def baseline(kind):
@@ -136,6 +143,7 @@ def measure(model, name: str, long: bool) -> list[tuple[str, str, int, int]]:
             if kind != "wagle":
                 U.unlearn_baseline(model, forget, retain, m, loss="ga", epochs=1, lr=0.0,
                                    batch_size=8, progress=False)  # fmt: skip
+
         return work
 
     graph = graph_for(model)
@@ -178,7 +186,8 @@ def measure(model, name: str, long: bool) -> list[tuple[str, str, int, int]]:
                        else {"batch": b, "seq_len": p})  # fmt: skip
         estimate = next(
             st for st in plan.stage_memory(
-                config, mask_ratio=MASK_RATIO, forget_ratio=FORGET_RATIO, experiment=False, **kw
+                config, mask_ratio=MASK_RATIO, forget_ratio=FORGET_RATIO, experiment=False,
+                device="cpu", **kw,
             ) if st.name.startswith(key)
         )  # fmt: skip
         shape = ", ".join(f"{k} {v}" for k, v in kw.items())

@@ -587,7 +587,11 @@ def clear_reference_runs() -> None:
 def _reference_runs(
     model, graph: ComputationGraph, prompts: PromptSet, batch_size: int
 ) -> _Reference:
-    """Clean and corrupted runs of ``prompts`` (memoized for the latest weights and prompts)."""
+    """Clean and corrupted runs of ``prompts`` (memoized for the latest weights and prompts).
+
+    The corrupted senders and receivers of every batch are kept in host memory (``4 n p d (S +
+    R)`` bytes for ``n`` prompts: 88 GB for 32 prompts of 64 tokens on a 7B model); each
+    circuit batch takes its own to the device."""
     from clue_mi.cache import _prompt_digest, model_fingerprint
 
     key = (id(model), model_fingerprint(model), _prompt_digest(prompts), batch_size)
@@ -599,8 +603,8 @@ def _reference_runs(
         with torch.no_grad():
             ref.clean_last.append(_forward(model, graph, clean, last_only=True)[:, -1])
         s_cor, r_cor, _, cor_logits = _cache_run(model, graph, corrupted, last_only=True)
-        ref.cor_senders.append(s_cor)
-        ref.cor_receivers.append(r_cor)
+        ref.cor_senders.append(s_cor.cpu())
+        ref.cor_receivers.append(r_cor.cpu())
         ref.cor_last.append(cor_logits[:, -1])
     _REFERENCE[key] = ref
     return ref
@@ -701,7 +705,7 @@ def faithfulness(
     kl = kl_empty = m_clean = m_cor = m_circ = 0.0
     batches = prompts.to(device).batches(batch_size)
     for i, (clean, _, choices, good) in enumerate(batches):
-        s_cor, r_cor = ref.cor_senders[i], ref.cor_receivers[i]
+        s_cor, r_cor = ref.cor_senders[i].to(device), ref.cor_receivers[i].to(device)
         circ_last = _circuit_batch(model, graph, clean, s_cor, r_cor, patch, last_only=True)
         circ_last = circ_last[:, -1]
         clean_last, cor_last = ref.clean_last[i], ref.cor_last[i]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 import warnings
@@ -265,6 +266,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     )  # fmt: skip
     if args.memory is not None:
         check_float(args.memory, "memory", "--memory", "> 0", lambda g: g > 0)
+    # A plan is for the device named, present here or not (plan a GPU run on a laptop).
+    device = args.device or "cuda"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"--device {device}: plan for cpu, cuda, cuda:N or mps")
     config, label = plan.resolve_config(args.model)
     positions = plan.model_shape(config).n_positions
     for value, flag in ((args.seq_len, "--seq-len"), (args.prompt_len, "--prompt-len")):
@@ -282,10 +287,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
         n_prompts=min(args.n_eval or FAITHFULNESS_PROMPTS, FAITHFULNESS_PROMPTS),
         checkpointing=args.gradient_checkpointing,
         baselines=any(m != "clue" for m in args.methods),
+        device=device,
     )
     stages = plan.stage_memory(config, **options)
     title = (
-        f"{label}, {args.dtype}: training batch {args.train_batch_size} x {args.seq_len} tokens, "
+        f"{label}, {args.dtype} on {device}: training batch {args.train_batch_size} x "
+        f"{args.seq_len} tokens, "
         f"attribution batch {args.batch_size} x {args.prompt_len} tokens, masks "
         f"{args.mask_ratio:.1%} of the layer weights"
         + (", gradient checkpointing" if args.gradient_checkpointing else "")

@@ -41,7 +41,10 @@ from torch import Tensor, nn
 from clue_mi.models import hf_model, hf_parameters, resolve
 
 Mask = dict[str, Bool[Tensor, "*dims"]]
-"""Canonical HF parameter name -> boolean tensor shaped like the parameter."""
+"""Canonical HF parameter name -> boolean tensor shaped like the parameter, in host memory
+whatever the model's device: CLUE's two masks and a baseline's are a byte per element of the
+layer weights (14 GB for a 7B model); ``unlearn.MaskedAdamW`` takes to the device only what a
+step needs (int32 positions, or a mask it cannot index)."""
 
 MATRIX_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 """The per-layer matrices behind ``unlearned_ratio`` and ``mask_counts`` (GPT-2 has no gate)."""
@@ -230,7 +233,7 @@ def mask_from_nodes(model, nodes: Iterable[str]) -> Mask:
         for sl in node_slices(model, node):
             if sl.param not in mask:
                 param = get_parameter(model, sl.param)
-                mask[sl.param] = torch.zeros(param.shape, dtype=torch.bool, device=param.device)
+                mask[sl.param] = torch.zeros(param.shape, dtype=torch.bool)  # host: see Mask
             sl.apply(mask[sl.param])
     return mask
 
@@ -252,10 +255,7 @@ def masks_from_localization(model, loc) -> tuple[Mask, Mask]:
 
 def full_mask(model) -> Mask:
     """Every element of every parameter (the full fine-tuning baseline)."""
-    return {
-        name: torch.ones(p.shape, dtype=torch.bool, device=p.device)
-        for name, p in hf_parameters(model).items()
-    }
+    return {name: torch.ones(p.shape, dtype=torch.bool) for name, p in hf_parameters(model).items()}
 
 
 def union(*masks: Mapping[str, Tensor]) -> Mask:
@@ -446,7 +446,7 @@ def load_masks(path: str | Path, model=None) -> dict[str, Mask]:
                 p = params.get(param)
                 if p is None or p.shape != m.shape:
                     raise ValueError(f"{path}: mask for {param} does not fit this model")
-                mask[param] = m.to(p.device)
+                mask[param] = m
     return out
 
 

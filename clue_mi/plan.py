@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,25 +275,28 @@ def resolve_config(model: str | None) -> tuple[dict[str, Any], str]:
 
 @dataclass(frozen=True)
 class StageEstimate:
-    """Predicted peak bytes of one stage; ``bytes`` is the sum of ``breakdown``.
+    """Predicted peak bytes of one stage on its device; ``bytes`` is the sum of ``breakdown``.
 
-    ``breakdown`` keys: ``weights`` (model, plus the run's snapshot copy), ``gradients``,
-    ``optimizer`` (moments and int32 positions), ``activations`` (kept for backward, plus the
-    largest transient), ``buffers`` (attribution buffers, masks, padding masks, temporaries).
+    ``breakdown`` keys: ``weights`` (model, plus the run's snapshot copy on the CPU),
+    ``gradients``, ``optimizer`` (moments and int32 positions), ``activations`` (kept for
+    backward, plus the largest transient), ``buffers`` (attribution buffers, masks, padding
+    masks, temporaries). ``host``: bytes the stage keeps in host memory instead when the device
+    is an accelerator (the snapshot, masks, faithfulness's reference runs, WAGLE's top-k).
     """
 
     name: str
     bytes: int
     breakdown: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    host: int = 0
 
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "buffers")
 
 
-def _estimate(name: str, note: str, **parts: int) -> StageEstimate:
+def _estimate(name: str, note: str, host: int = 0, **parts: int) -> StageEstimate:
     breakdown = {k: int(parts.get(k, 0)) for k in PARTS}
-    return StageEstimate(name, sum(breakdown.values()), breakdown, note)
+    return StageEstimate(name, sum(breakdown.values()), breakdown, note, int(host))
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -523,6 +526,7 @@ def stage_memory(
     attention: str = "sdpa",
     experiment: bool = True,
     baselines: bool = True,
+    device: str = "cuda",
 ) -> list[StageEstimate]:
     """Predicted peak memory of every stage of the pipeline, in pipeline order.
 
@@ -548,6 +552,9 @@ def stage_memory(
         attention: ``"sdpa"`` (what training and evaluation use) or ``"eager"``.
         experiment: count the run's weight snapshot and CLUE masks (module docstring).
         baselines: add the WAGLE scoring and the two baseline training stages of the run.
+        device: ``"cpu"`` counts every byte in the one memory there is; an accelerator
+            (``"cuda"``, the default) keeps the snapshot, every mask, faithfulness's reference
+            runs and WAGLE's top-k in host memory (``StageEstimate.host``), as the code does.
 
     Masked elements are ``round(ratio x P)``. Stages (each docstring of the helper functions
     states its formula): attribution, faithfulness, training stage 1 and 2, [WAGLE scores,
@@ -561,8 +568,14 @@ def stage_memory(
     counts = param_counts(config)
     pool, total = counts["layer_matrices"], counts["total"]
     weights = s * total
+    accelerator = not device.startswith("cpu")
     snapshot = weights if experiment else 0
     clue_masks = 2 * pool if experiment else 0
+    # On an accelerator the snapshot and the masks live in host memory (WeightSnapshot, Mask).
+    host = snapshot + clue_masks if accelerator else 0
+    if accelerator:
+        snapshot = clue_masks = 0
+    baseline_masks = {"pool": 0 if accelerator else pool, "total": 0 if accelerator else total}
     p_len = prompt_len or seq_len
     e_len = eval_seq_len or seq_len
     f_elems = round(forget_ratio * pool)
@@ -584,23 +597,29 @@ def stage_memory(
         """int32 positions: none when the whole pool is masked."""
         return 0 if ratio == 1.0 else round((1.0 - whole) * elements)
 
+    def on_host(st: StageEstimate, extra: int = 0) -> StageEstimate:
+        return replace(st, host=st.host + host + (extra if accelerator else 0))
+
     stages = [
-        _attribution(m, s, attribution_batch, p_len, trained, clue_masks),
-        _faithfulness(m, s, attribution_batch, p_len, n_prompts, weights),
-        train("train stage 1 (forget mask)", "forget loss; forget batch only", f_elems,
-              partial(f_elems, forget_ratio), batches=forget_only),
-        train("train stage 2 (conflict mask)", "forget + retain loss", c_elems,
-              partial(c_elems, mask_ratio - forget_ratio, whole_share)),
+        on_host(_attribution(m, s, attribution_batch, p_len, trained, clue_masks)),
+        _faithfulness(m, s, attribution_batch, p_len, n_prompts, weights, accelerator),
+        on_host(train("train stage 1 (forget mask)", "forget loss; forget batch only", f_elems,
+                      partial(f_elems, forget_ratio), batches=forget_only)),
+        on_host(train("train stage 2 (conflict mask)", "forget + retain loss", c_elems,
+                      partial(c_elems, mask_ratio - forget_ratio, whole_share))),
     ]  # fmt: skip
     if baselines:
         stages += [
-            _wagle(m, s, batch, seq_len, pool, u_elems, trained, clue_masks),
-            train("train: baseline mask (random / WAGLE / nodes)", "same ratio as CLUE",
-                  u_elems, partial(u_elems, mask_ratio), masks=clue_masks + pool),
-            train("train: all weights", "dense AdamW over every parameter", total, 0,
-                  grad_elements=total, masks=clue_masks + total, all_weights=True),
+            on_host(_wagle(m, s, batch, seq_len, pool, u_elems, trained, clue_masks,
+                           accelerator)),
+            on_host(train("train: baseline mask (random / WAGLE / nodes)", "same ratio as CLUE",
+                          u_elems, partial(u_elems, mask_ratio),
+                          masks=clue_masks + baseline_masks["pool"]), pool),
+            on_host(train("train: all weights", "dense AdamW over every parameter", total, 0,
+                          grad_elements=total, masks=clue_masks + baseline_masks["total"],
+                          all_weights=True), total),
         ]  # fmt: skip
-    stages.append(_evaluation(m, s, eval_batch, e_len, trained, clue_masks))
+    stages.append(on_host(_evaluation(m, s, eval_batch, e_len, trained, clue_masks)))
     return stages
 
 
@@ -628,13 +647,13 @@ def _attribution(
     at_work = layer + bridge_transient_bytes(m)
     runs = tokens * (m.n_layers * layer + 3 * s * m.d_model + at_work)
     contraction = BUFFER_BYTES * tokens * m.d_model * (2 * m.n_senders + 3 * m.n_receivers)
+    name = "attribution (EAP / EAP-IG, both directions)"
     shape = f"batch {batch} x {seq_len} tokens"
     if buffers + runs >= contraction:
-        return _estimate("attribution (EAP / EAP-IG, both directions)", f"{shape}; peak in the "
-                         "runs", weights=weights, activations=runs,
+        return _estimate(name, f"{shape}; peak in the runs", weights=weights, activations=runs,
                          buffers=buffers + pairs + masks)  # fmt: skip
-    return _estimate("attribution (EAP / EAP-IG, both directions)", f"{shape}; peak at the "
-                     "contraction", weights=weights, buffers=contraction + pairs + masks)  # fmt: skip
+    return _estimate(name, f"{shape}; peak at the contraction", weights=weights,
+                     buffers=contraction + pairs + masks)  # fmt: skip
 
 
 FAITHFULNESS_PATCHED_SENDERS = 0.5
@@ -644,7 +663,13 @@ about half of them unless the slot's heads disagree on every sender."""
 
 
 def _faithfulness(
-    m: ModelShape, s: int, batch: int, seq_len: int, n_prompts: int, weights: int
+    m: ModelShape,
+    s: int,
+    batch: int,
+    seq_len: int,
+    n_prompts: int,
+    weights: int,
+    accelerator: bool = False,
 ) -> StageEstimate:
     """Circuit runs on the held-out prompts (``attribution.faithfulness``), no gradients.
 
@@ -655,10 +680,14 @@ def _faithfulness(
     ``k`` = :data:`FAITHFULNESS_PATCHED_SENDERS` ``S`` senders and einsum's contiguous copy,
     and the slot's terms, new input and patched input, ``4 T d (2k + 3H)``, and one bridge layer
     in flight (``T (b + t)``, no graph kept); and the KL in float64, five ``[b, V]`` tensors
-    (``8 x 5 b V``). Runs before the snapshot exists.
+    (``8 x 5 b V``). Runs before the snapshot exists. On an accelerator the reference runs
+    are in host memory and only the batch at work's, ``4 b p d (S + R)``, is on the device.
     """
     tokens = batch * seq_len
     refs = BUFFER_BYTES * n_prompts * seq_len * m.d_model * (m.n_senders + m.n_receivers)
+    host = refs if accelerator else 0
+    if accelerator:
+        refs = refs * min(batch, n_prompts) // n_prompts
     logits = 4 * m.vocab * (2 * n_prompts + batch)
     k = round(FAITHFULNESS_PATCHED_SENDERS * m.n_senders)
     run = BUFFER_BYTES * tokens * m.d_model * (m.n_senders + 2 * k + 3 * m.n_heads)
@@ -667,6 +696,7 @@ def _faithfulness(
     return _estimate(
         "faithfulness (circuit runs)",
         f"{n_prompts} held-out prompts x {seq_len} tokens",
+        host=host,
         weights=weights,
         activations=max(run, kl),
         buffers=refs + logits,
@@ -682,6 +712,7 @@ def _wagle(
     elements: int,
     weights: int,
     masks: int,
+    accelerator: bool = False,
 ) -> StageEstimate:
     """WAGLE scores and their top-k (``unlearn.wagle_scores``, ``top_mask``).
 
@@ -690,7 +721,7 @@ def _wagle(
     (b) scoring: ``grad_f``, ``param.grad``'s clone ``grad_r`` and the scores, ``3 s P``, and
     two temporaries of the largest matrix; (c) ``top_mask``: the scores ``s P``, their float32
     concatenation ``4 P``, the bool keep vector ``P`` and ``topk``'s values and int64 indices
-    ``12 k``.
+    ``12 k``, all but the scores in host memory on an accelerator.
     """
     start = _training_phases(m, s, [(batch, seq_len)], grads=0, step=0, checkpointing=False,
                              attention="sdpa", all_weights=False)["backward start"]  # fmt: skip
@@ -698,10 +729,12 @@ def _wagle(
     options = [
         {"gradients": 2 * s * pool, "activations": start["activations"]},
         {"gradients": 3 * s * pool, "buffers": 2 * s * _largest_matrix(m)},
-        {"buffers": (s + 4 + 1) * pool + 12 * elements},
-    ]
+        {"buffers": (s + (0 if accelerator else 4 + 1)) * pool + (0 if accelerator else 12)
+         * elements},
+    ]  # fmt: skip
     top = max(options, key=lambda parts: sum(parts.values()))
-    return _estimate("mask: WAGLE scores", note, weights=weights,
+    host = (4 + 1) * pool + 12 * elements if accelerator else 0
+    return _estimate("mask: WAGLE scores", note, host=host, weights=weights,
                      **(top | {"buffers": masks + top.get("buffers", 0)}))  # fmt: skip
 
 
@@ -826,17 +859,20 @@ def _gb(n: int) -> str:
 def format_plan(
     stages: Sequence[StageEstimate], memory_gb: float | None = None, title: str | None = None
 ) -> str:
-    """A Markdown table (stage | weights | grads | optimizer | activations | buffers | total,
-    in GB of 10^9 bytes) and a line with the peak and, given ``memory_gb`` (``--memory GB``),
-    whether it fits."""
+    """A Markdown table (stage | weights | grads | optimizer | activations | buffers | total, in
+    GB of 10^9 bytes, and the host memory of each stage when some is off the device) and a line
+    with the peak and, given ``memory_gb`` (``--memory GB``), whether it fits."""
+    host = any(st.host for st in stages)
     lines = [f"### {title}", ""] if title else []
     lines += [
-        "| stage | weights | grads | optimizer | activations | buffers | total GB |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | weights | grads | optimizer | activations | buffers | total GB |"
+        + (" host GB |" if host else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if host else ""),
     ]
     for st in stages:
         cells = [_gb(st.breakdown.get(k, 0)) for k in PARTS]
-        lines.append(f"| {st.name} | {' | '.join(cells)} | **{_gb(st.bytes)}** |")
+        row = f"| {st.name} | {' | '.join(cells)} | **{_gb(st.bytes)}** |"
+        lines.append(row + (f" {_gb(st.host)} |" if host else ""))
     top = peak(stages)
     line = f"Peak: {_gb(top.bytes)} GB ({top.name})"
     if memory_gb is not None:

@@ -387,7 +387,7 @@ def _entries_from(
                 f"mask for {name} has shape {tuple(m.shape)}, not {tuple(param.shape)}"
             )
         prev = merged.get(id(param))
-        m = m.bool().to(param.device)
+        m = m.bool()  # stays where it is (host): MaskedAdamW moves one at a time
         merged[id(param)] = (param, m if prev is None else prev[1] | m)
     return [(p, m) for p, m in merged.values() if bool(m.any())]
 
@@ -804,7 +804,7 @@ def random_mask(model, size: int, seed: int = 0) -> Mask:
             continue
         flat = torch.zeros(param.numel(), dtype=torch.bool)
         flat[torch.randperm(param.numel(), generator=gen)[: int(k)]] = True
-        mask[name] = flat.view(param.shape).to(param.device)
+        mask[name] = flat.view(param.shape)  # host memory, as every Mask
     return mask
 
 
@@ -893,7 +893,7 @@ def top_mask(scores: Mapping[str, Tensor], size: int) -> Mask:
         part = keep[offset : offset + numel].view(scores[n].shape)
         offset += numel
         if part.any():
-            mask[n] = part.to(scores[n].device)
+            mask[n] = part  # host memory, as every Mask
     return mask
 
 
