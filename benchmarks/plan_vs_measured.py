@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/plan_vs_measured.py            # the embedded model (a few minutes)
     python benchmarks/plan_vs_measured.py --quick    # tiny-llama, run's shapes only (the tests)
+    python benchmarks/plan_vs_measured.py --dtype bfloat16 --setting run   # bf16 weights
 
 Measured: the weights plus the peak of the CPU allocator's running total while the stage runs
 (the torch profiler's memory events, ``Total Allocated``), so allocator slack and the Python
@@ -66,18 +67,19 @@ def allocated_peak(work: Callable[[], Any]) -> int:
 
 
 class Shapes:
-    """Largest ``(batch, length)`` any HF causal LM's forward saw while active (each stage
-    builds its own plain HF model, so the hook is global)."""
+    """Largest ``(batch, length)`` an HF causal LM's forward unembedded at every position
+    while active (each stage builds its own plain HF model, so the hook is global); those
+    forwards set the peak of training and evaluation, not the last-position-only ones."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
         self.handle = register_module_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs, _output) -> None:
+    def _hook(self, module, args, kwargs, output) -> None:
         if not type(module).__name__.endswith("ForCausalLM"):
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and output.logits.shape[1] > 1:
             self.seen.append((int(ids.shape[0]), int(ids.shape[1])))
 
     def largest(self) -> tuple[int, int]:
@@ -102,7 +104,7 @@ def longer_prompts(prompts, length: int):
     )
 
 
-def measure(model, name: str, long: bool) -> list[tuple[str, str, int, int]]:
+def measure(model, name: str, long: bool, dtype: str) -> list[tuple[str, str, int, int]]:
     """``(setting, stage, predicted, measured)`` for every stage measured in one setting."""
     cfg = PipelineConfig(retain=("ioi",), n=16, n_eval=32)
     tasks = load_tasks(model, cfg)
@@ -187,7 +189,7 @@ def measure(model, name: str, long: bool) -> list[tuple[str, str, int, int]]:
         estimate = next(
             st for st in plan.stage_memory(
                 config, mask_ratio=MASK_RATIO, forget_ratio=FORGET_RATIO, experiment=False,
-                device="cpu", **kw,
+                device="cpu", dtype=dtype, **kw,
             ) if st.name.startswith(key)
         )  # fmt: skip
         shape = ", ".join(f"{k} {v}" for k, v in kw.items())
@@ -207,13 +209,16 @@ def _top_edges(graph, scores, fraction: float):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny-llama, run's shapes only")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--setting", choices=["run", "long", "both"], default="both")
     args = ap.parse_args()
     name = "tiny-llama" if args.quick else None
-    model = load_model(name, device="cpu")
-    rows = measure(model, name, long=False)
-    if not args.quick:
-        rows += measure(model, name, long=True)
-    print(f"\nmodel {name or 'smollm2'}, float32, masks at forget {FORGET_RATIO} / unlearned "
+    model = load_model(name, device="cpu", dtype=args.dtype)
+    settings = ["run"] if args.quick or args.setting == "run" else ["long"]
+    if args.setting == "both" and not args.quick:
+        settings = ["run", "long"]
+    rows = [row for s in settings for row in measure(model, name, s == "long", args.dtype)]
+    print(f"\nmodel {name or 'smollm2'}, {args.dtype}, masks at forget {FORGET_RATIO} / unlearned "
           f"{MASK_RATIO}")  # fmt: skip
     print("| setting | stage (shape run) | predicted GB | measured GB | predicted / measured |")
     print("|---|---|---|---|---|")

@@ -138,7 +138,9 @@ def _forward(
     """
     hooks: list[tuple[str, Callable]] = []
     if last_only:
-        hooks.append((UNEMBED_IN, lambda act, hook: act[:, -1:]))
+        # Contiguous, so that matmul folds [b, 1, d] @ [d, V] into one mm; a strided slice
+        # goes to bmm with W_U expanded per prompt, which bf16 on the CPU copies ([b, d, V]).
+        hooks.append((UNEMBED_IN, lambda act, hook: act[:, -1:].contiguous()))
     for slot in graph.sender_slots:
         if on_sender is None and not (embed is not None and slot.hook == EMBED_HOOK):
             continue

@@ -744,17 +744,18 @@ def _evaluation(
     """``evaluate_model``: forward passes only (``no_grad``), batch 32, plain HF model.
 
     Per token, the larger of one layer in flight, ``s (2d + max(3q + 2kv', 3I))`` (+ ``4d`` for
-    a norm's float32 upcast when ``s < 4``), and the unembedding, the larger of the MIA's and
-    lm-eval's: HF computes logits at every position; the MIA's ``token_logprobs`` takes
-    ``logits.float().log_softmax(-1)``, ``V (s + 4)`` in float32, ``V (s + 8)`` otherwise;
-    lm-eval takes a log-softmax in the weight dtype and still holds the previous batch's while
-    it computes the next, ``3 s V``. Plus the residual ``s d`` and the bool padding mask
-    ``b p^2`` (MIA, Rouge-L and lm-eval pad). ``final_logits`` keeps only the last position.
+    a norm's float32 upcast when ``s < 4``), and the unembedding, where HF computes logits at
+    every position: the MIA's ``token_logprobs`` holds the float32 logits (the weight-dtype
+    ones are freed by then), their log-softmax and still the previous batch's log-softmax,
+    ``12 V``; lm-eval, a log-softmax in the weight dtype, the logits and the previous batch's,
+    ``3 s V``, no more. Plus the residual ``s d`` and the bool padding mask ``b p^2`` (MIA,
+    Rouge-L and lm-eval pad). ``final_logits`` and greedy decoding unembed the last position
+    only.
     """
     d = m.d_model
     upcast = 4 * d if s < 4 and m.model_type != "gpt2" else 0
     layer = s * (2 * d + max(3 * m.q_dim + 2 * _kv_seen(m), 3 * m.d_mlp)) + upcast
-    head = m.vocab * max(s + 4 + (4 if s != 4 else 0), 3 * s)
+    head = 12 * m.vocab
     tokens = batch * seq_len
     return _estimate(
         "evaluation (FE, RU, MIA, Rouge-L, lm-eval)",
