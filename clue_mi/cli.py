@@ -264,6 +264,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
         args.forget_ratio, "forget_ratio", "--forget-ratio", "in [0, --mask-ratio]",
         lambda r: 0.0 <= r <= args.mask_ratio,
     )  # fmt: skip
+    check_float(
+        args.whole_share, "whole_share", "--whole-share", "in [0, 1]", lambda r: 0.0 <= r <= 1.0
+    )
     if args.memory is not None:
         check_float(args.memory, "memory", "--memory", "> 0", lambda g: g > 0)
     # A plan is for the device named, present here or not (plan a GPU run on a laptop).
@@ -281,6 +284,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         seq_len=args.seq_len,
         mask_ratio=args.mask_ratio,
         forget_ratio=args.forget_ratio,
+        whole_share=args.whole_share,
         retain=args.lam != 0,
         attribution_batch=args.batch_size,
         prompt_len=args.prompt_len,
@@ -484,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         help="the forget mask's share of the layer weights, within --mask-ratio (0.01)",
+    )
+    p.add_argument(
+        "--whole-share",
+        type=float,
+        default=0.0,
+        help="share of the conflict mask in matrices it masks whole, which need no int32 "
+        "positions in the optimizer (default 0, the upper bound; the embedded model's CLUE "
+        "masks 29 of its 30 MLPs whole: about 0.75)",
     )
     p.add_argument(
         "--memory", type=float, default=None, help="GB available (e.g. 80): say if it fits"

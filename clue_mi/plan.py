@@ -15,16 +15,19 @@ Modelling assumptions, shared by every stage (each stage function documents its 
   A tied ``lm_head`` is the embedding and is counted once (``load_model(dtype=...)``,
   ``--dtype``). **Gradients** are in the weight dtype. ``MaskedAdamW`` keeps its two moments in
   float32 whatever the weight dtype: ``2 x 4`` bytes per masked element.
-* **Upper bounds, not expectations.** Autograd keeps a tensor only for the gradients it will
-  compute (a linear layer keeps its input only when its weight trains): in training every
-  per-layer attention / MLP matrix is assumed trainable, so every linear input is counted, and
-  every such matrix gets a dense gradient (``_only_grad_for`` turns on every parameter that
-  holds a masked element, and CLUE's masks touch nearly all of them); every masked element is
-  assumed to sit in a partly masked matrix (a 4-byte int32 position each) unless
-  ``whole_share`` says otherwise; temporaries that do not overlap are still added. Allocator
-  slack, the CUDA context, the Python process, the tokenizer, the data and lm-eval's own
-  structures are not counted: leave 10-20% headroom. None of the activation formulas has been
-  checked against a measured peak.
+* **The peak moment of each stage.** What is alive is modelled moment by moment and the
+  stage's peak is the largest moment (a training step: the start of backward, its end, the
+  optimizer step; attribution: its runs, its contraction), never the sum of tensors that are
+  not alive together. Checked against the CPU allocator's measured peak on the embedded model,
+  every stage, short and long sequences: predicted / measured 1.00-1.09
+  (``benchmarks/plan_vs_measured.py``, BENCHMARKS.md). Kept on the safe side where the data
+  decide: in training every per-layer attention / MLP matrix is assumed trainable, so every
+  linear input is counted, and every such matrix gets a dense gradient (``_only_grad_for``
+  turns on every parameter that holds a masked element, and CLUE's masks touch nearly all of
+  them); every masked element is assumed to sit in a partly masked matrix (a 4-byte int32
+  position each) unless ``whole_share`` says otherwise. Allocator slack, the CUDA context, the
+  Python process, the tokenizer, the data and lm-eval's own structures are not counted: leave
+  10-20% headroom.
 * **Batches** are padded to full length: ``T`` = tokens of a batch = batch x sequence length.
   Symbols: ``d`` hidden size, ``L`` layers, ``H`` query heads, ``G`` KV heads, ``hd`` head
   dim, ``q = H hd``, ``kv = G hd``, ``I`` MLP width, ``V`` vocabulary, ``S = 1 + L (H + 1)``
@@ -32,9 +35,11 @@ Modelling assumptions, shared by every stage (each stage function documents its 
   the elements of the per-layer attention and MLP weight matrices (the pool masks are drawn
   from), ``N`` every parameter.
 * **Experiment context** (``experiment=True``, what ``clue-mi run`` / ``paper`` do): a
-  ``WeightSnapshot`` copy of every weight (counted under weights) and CLUE's forget and conflict
-  masks (``2 P`` bool bytes, under buffers) are alive from the localization on, so in every
-  stage but faithfulness (attribution counts them because re-localization runs after CLUE).
+  ``WeightSnapshot`` copy of every weight and CLUE's forget and conflict masks (``2 P`` bool
+  bytes) are alive from the localization on, so in every stage but faithfulness (attribution
+  counts them because re-localization runs after CLUE). On the CPU they count under weights and
+  buffers; on an accelerator (``device``) they are in host memory (``StageEstimate.host``), as
+  are every mask, faithfulness's reference runs and WAGLE's top-k.
 * **Attention**: training and evaluation run through a plain HF model with
   ``attn_implementation="sdpa"`` (``models.plain_hf_model``): no ``[b, H, p, p]`` scores are
   kept (assumed: SDPA's flash / memory-efficient kernels; were the math fallback chosen, price
@@ -548,7 +553,8 @@ def stage_memory(
         attribution_batch, prompt_len, n_prompts: attribution batch (``--batch-size``,
             default 16), prompt length, and the held-out prompts faithfulness keeps runs of.
         eval_batch, eval_seq_len: evaluation batch (``evaluate_model``: 32) and text length.
-        checkpointing: price training with per-layer gradient checkpointing (not used today).
+        checkpointing: price training with per-layer gradient checkpointing (what
+            ``--gradient-checkpointing`` turns on).
         attention: ``"sdpa"`` (what training and evaluation use) or ``"eager"``.
         experiment: count the run's weight snapshot and CLUE masks (module docstring).
         baselines: add the WAGLE scoring and the two baseline training stages of the run.

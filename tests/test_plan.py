@@ -320,6 +320,17 @@ def test_format_plan():
     assert "fits in --memory 1000 GB" in plan.format_plan(stages, memory_gb=1000)
 
 
+def _outputs(text: str) -> list[str]:
+    """The tables of several ``clue-mi plan`` calls printed one after the other."""
+    return ["### " + part for part in text.split("### ")[1:]]
+
+
+def _table_row(text: str, stage: str) -> dict[str, float]:
+    row = next(line for line in text.splitlines() if line.startswith(f"| {stage}"))
+    cells = [c.strip(" *") for c in row.strip("|").split("|")][1:]
+    return dict(zip((*plan.PARTS, "total"), map(float, cells), strict=False))
+
+
 def test_plan_command_prints_every_stage_and_a_fit(capsys, monkeypatch):
     from clue_mi.cli import main
 
@@ -343,6 +354,15 @@ def test_plan_command_prints_every_stage_and_a_fit(capsys, monkeypatch):
                              forget_ratio=0.01, attribution_batch=16, prompt_len=64,
                              device="cpu")  # fmt: skip
     assert f"Peak: {plan.peak(want).bytes / plan.GB:.2f} GB" in text
+    # Conflict elements in whole matrices need no int32 positions: 4 bytes each fewer.
+    argv = ["plan", "--model", "zephyr-7b-beta", "--dtype", "bfloat16", "--methods", "clue"]
+    for share in ("0", "0.8"):
+        assert main([*argv, "--whole-share", share]) == 0
+    partial, whole = (_table_row(t, "train stage 2") for t in _outputs(capsys.readouterr().out))
+    conflict = round(0.57 * plan.param_counts(config)["layer_matrices"])
+    assert partial["optimizer"] - whole["optimizer"] == pytest.approx(
+        4 * 0.8 * conflict / 1e9, abs=0.01
+    )
     # A budget it misses: what fits at this length and at this batch, as the API finds it.
     assert main(["plan", "--model", "tiny-llama", "--seq-len", "256", "--memory", "2"]) == 0
     text = capsys.readouterr().out
@@ -376,6 +396,7 @@ def test_plan_command_bad_input_is_one_line(capsys, monkeypatch, tmp_path):
         (["--seq-len", "0"], "seq_len (--seq-len)"),
         (["--model", "tiny-llama", "--seq-len", "4096"], "256 positions"),
         (["--device", "tpu"], "--device tpu: plan for cpu, cuda"),
+        (["--whole-share", "2"], "whole_share (--whole-share)"),
     ]:
         assert main(["plan", *argv]) == 2, argv
         err = capsys.readouterr().err.strip()

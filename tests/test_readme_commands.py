@@ -129,7 +129,7 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
         "tests/test_bench_run.py::test_bench_run_quick_prints_stages_and_floor"
     ),
     "python benchmarks/plan_vs_measured.py": Run(
-        "python benchmarks/plan_vs_measured.py --quick", expect="| train: all weights |"
+        "python benchmarks/plan_vs_measured.py --quick", expect="| run | train: all weights ("
     ),
     "clue-mi plan": Run("clue-mi plan --model tiny-llama --seq-len 64", expect="Peak: "),
     "clue-mi plan --model zephyr-7b-beta --dtype bfloat16": Run(
@@ -137,7 +137,13 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
     ),
     "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --memory 80": Run(
         "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --memory 80",
-        expect="Peak: 208.60 GB (attribution",  # the README prints this table
+        expect="Peak: 131.12 GB (train: all weights",  # the README prints this table
+    ),
+    "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --methods clue --batch-size 1 "
+    "--gradient-checkpointing --memory 80": Run(
+        "clue-mi plan --model zephyr-7b-beta --dtype bfloat16 --methods clue --batch-size 1 "
+        "--gradient-checkpointing --memory 80",
+        expect="Peak: 78.66 GB (train stage 2",  # and this one
     ),
     "clue-mi run --model HuggingFaceH4/zephyr-7b-beta --dtype bfloat16 --gradient-checkpointing "
     "--forget wmdp_cyber --data wmdp_cyber=DIR --gu-tasks "
