@@ -103,6 +103,30 @@ def masked_update_ms(shape=(576, 1536), repeats: int = 50) -> tuple[float, float
     return times["boolean"], times["int32"]
 
 
+def chunked_step_ms(model, ratio: float = 0.746, repeats: int = 5) -> dict[int, float]:
+    """Milliseconds of one ``MaskedAdamW.step`` over a random ``ratio`` mask of every layer
+    matrix (the default run's random baseline), with the shipped ``STEP_CHUNK`` and with the
+    whole mask in one fused call (the float32 copies of the whole mask alive at once)."""
+    pool = sum(p.numel() for _, p in U._pool(model))
+    entries = U._entries(model, U.random_mask(model, round(ratio * pool), seed=0))
+    for param, _ in entries:
+        param.grad = torch.randn_like(param)
+    out = {}
+    shipped = U.STEP_CHUNK
+    for chunk in (shipped, 1 << 40):
+        U.STEP_CHUNK = chunk
+        opt = U.MaskedAdamW(entries, lr=0.0)
+        opt.step()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            opt.step()
+        out[chunk] = 1000 * (time.perf_counter() - start) / repeats
+    U.STEP_CHUNK = shipped
+    for param, _ in entries:
+        param.grad = None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--heads", type=int, default=16)
@@ -134,6 +158,11 @@ def main() -> None:
         f"masked update of one 576x1536 matrix (half masked): boolean indexing "
         f"{boolean_ms:.2f} ms, int32 gather/scatter {int32_ms:.2f} ms "
         f"({boolean_ms / int32_ms:.1f}x)"
+    )
+    (chunked, chunked_ms), (_, whole_ms) = chunked_step_ms(model).items()
+    print(
+        f"MaskedAdamW.step over a 74.6% random mask: chunks of {chunked:,} elements "
+        f"{chunked_ms:.0f} ms, one fused call {whole_ms:.0f} ms ({chunked_ms / whole_ms:.2f}x)"
     )
 
 

@@ -159,7 +159,9 @@ def measure(model, name: str, long: bool, dtype: str) -> list[tuple[str, str, in
 
     def evaluation():
         if long:
-            mia(net, forget, retain, batch_size=32, tokenizer=model.tokenizer)
+            # Three batches of 32 per side, as a real forget set has: the MIA holds the previous
+            # batch's log-probs while it computes the next.
+            mia(net, forget * 6, retain * 6, batch_size=32, tokenizer=model.tokenizer)
         else:
             evaluate_model(model, tasks["capitals"], [tasks["ioi"]], quick=True)
 
