@@ -354,7 +354,8 @@ def bridge_layer_bytes(m: ModelShape, s: int, seq_len: int) -> int:
     ``G < H``) + ``(4 + s') H p`` (the float32 softmax probabilities, plus their weight-dtype copy,
     ``s' = s``, when ``s < 4``) + ``n d + s 3I`` (the MLP norm's input, ``n`` = 4 for RMSNorm;
     SiLU input, SiLU output, up output; GPT-2: ``4I``, ``gelu_new``'s kept terms).
-    Read from TransformerLens 4.3 (``position_embeddings_attention.py``); not measured.
+    Read from TransformerLens 4.3 (``position_embeddings_attention.py``); measured on the
+    embedded model, where the runs are the attribution peak at the default run's prompts.
     """
     d, h = m.d_model, m.n_heads
     norm_in = _norm_input_bytes(m, s)
@@ -641,10 +642,9 @@ def _attribution(
     :func:`bridge_layer_bytes` and the kept embeddings, and the layer at work, ``T (b + t)``
     with ``t`` = :func:`bridge_transient_bytes`. **Contraction** (the runs are freed):
     ``einsum("bpsd,bprd->sr")`` on the buffers and the contiguous copies einsum makes of both
-    operands, ``4 T d (2S + 3R)``. Both add the float64
-    pair accumulators of both directions, both float32 einsum results and one float64 copy,
-    ``(2 x 8 + 2 x 4 + 8) S R``. ``"exact"`` patching is not modelled (it repeats each batch
-    16 times, without gradients).
+    operands, ``4 T d (2S + 3R)``. Both add the float64 pair accumulators of both directions,
+    both float32 einsum results and one float64 copy, ``(2 x 8 + 2 x 4 + 8) S R``. ``"exact"``
+    patching is not modelled (it repeats each batch 16 times, without gradients).
     """
     tokens = batch * seq_len
     pairs = (2 * 8 + 2 * 4 + 8) * m.n_senders * m.n_receivers
