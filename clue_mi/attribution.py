@@ -118,6 +118,16 @@ def _from4(act4: Tensor, slot: HookSlot) -> Tensor:
     return act4 if slot.per_head else act4.squeeze(2)
 
 
+def _last_position(act: Float[Tensor, "b p d"], hook: Any) -> Float[Tensor, "b 1 d"]:
+    """The final position, the only one the metric reads. A strided slice goes to bmm with W_U
+    expanded per prompt, which half precision on the CPU copies (``[b, d, V]``: 6x the
+    attribution's own memory on tiny-llama); made contiguous, matmul folds it into one mm. In
+    float32 the slice stays as it was: mm rounds differently from bmm (1e-7 of the largest
+    score), and float32 scores stay bit-identical to the runs reported in the README."""
+    last = act[:, -1:]
+    return last if act.dtype == torch.float32 else last.contiguous()
+
+
 def _forward(
     model,
     graph: ComputationGraph,
@@ -138,9 +148,7 @@ def _forward(
     """
     hooks: list[tuple[str, Callable]] = []
     if last_only:
-        # Contiguous, so that matmul folds [b, 1, d] @ [d, V] into one mm; a strided slice
-        # goes to bmm with W_U expanded per prompt, which bf16 on the CPU copies ([b, d, V]).
-        hooks.append((UNEMBED_IN, lambda act, hook: act[:, -1:].contiguous()))
+        hooks.append((UNEMBED_IN, _last_position))
     for slot in graph.sender_slots:
         if on_sender is None and not (embed is not None and slot.hook == EMBED_HOOK):
             continue

@@ -125,3 +125,15 @@ def test_run_with_the_options_of_the_paper_setting(tmp_path):
     assert set(row["eval_sizes"]["ru"]) == {"ioi", "sst2"} and row["steps"] > 0
     exported = json.loads((out / "model" / "config.json").read_text())
     assert exported.get("dtype", exported.get("torch_dtype")) == "bfloat16"
+
+
+def test_last_position_is_contiguous_in_half_precision_only():
+    """bf16: a contiguous [b, 1, d] (one mm, no [b, d, V] copy of W_U); float32: the slice as
+    it was, so float32 scores stay bit-identical to the reported runs."""
+    from clue_mi.attribution import _last_position
+
+    act = torch.randn(4, 7, 8)
+    assert _last_position(act, None).data_ptr() == act[:, -1:].data_ptr()
+    half = _last_position(act.bfloat16(), None)
+    assert half.is_contiguous() and half.shape == (4, 1, 8)
+    assert torch.equal(half, act.bfloat16()[:, -1:])

@@ -145,6 +145,12 @@ COMMANDS: dict[str, Run | Covered | ScriptSteps] = {
         "--gradient-checkpointing --memory 80",
         expect="Peak: 78.66 GB (train stage 2",  # and this one
     ),
+    "clue-mi plan --model llama-2-7b --dtype bfloat16 --methods clue --batch-size 1 "
+    "--gradient-checkpointing --memory 80": Run(
+        "clue-mi plan --model llama-2-7b --dtype bfloat16 --methods clue --batch-size 1 "
+        "--gradient-checkpointing --memory 80",
+        expect="Peak: 73.10 GB (train stage 2",
+    ),
     "clue-mi run --model HuggingFaceH4/zephyr-7b-beta --dtype bfloat16 --gradient-checkpointing "
     "--forget wmdp_cyber --data wmdp_cyber=DIR --gu-tasks "
     "arc_easy,boolq,hellaswag,openbookqa,piqa,truthfulqa_mc2": Covered(
