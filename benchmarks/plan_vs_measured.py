@@ -44,7 +44,7 @@ from clue_mi import plan
 from clue_mi import unlearn as U
 from clue_mi.attribution import attribute_both, clear_reference_runs, faithfulness
 from clue_mi.evaluate import evaluate_model, mia
-from clue_mi.graph import graph_for
+from clue_mi.graph import graph_for, select_circuit
 from clue_mi.models import load_model, plain_hf_model
 from clue_mi.pipeline import PipelineConfig, load_tasks
 
@@ -150,7 +150,7 @@ def measure(model, name: str, long: bool, dtype: str) -> list[tuple[str, str, in
 
     graph = graph_for(model)
     circuit_scores = attribute_both(model, held_out, "eap", 1, len(held_out))
-    circuit = _top_edges(graph, circuit_scores["noising"], 0.05)
+    circuit = select_circuit(graph, circuit_scores["noising"], sparsity=0.95)
 
     def faith():
         clear_reference_runs()
@@ -201,13 +201,6 @@ def measure(model, name: str, long: bool, dtype: str) -> list[tuple[str, str, in
     return rows
 
 
-def _top_edges(graph, scores, fraction: float):
-    """A circuit of the highest-|score| ``fraction`` of edges (what faithfulness runs on)."""
-    from clue_mi.graph import select_circuit
-
-    return select_circuit(graph, scores, sparsity=1.0 - fraction)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny-llama, run's shapes only")
@@ -216,9 +209,11 @@ def main() -> None:
     args = ap.parse_args()
     name = "tiny-llama" if args.quick else None
     model = load_model(name, device="cpu", dtype=args.dtype)
-    settings = ["run"] if args.quick or args.setting == "run" else ["long"]
-    if args.setting == "both" and not args.quick:
-        settings = ["run", "long"]
+    settings = (
+        ["run"]
+        if args.quick
+        else {"run": ["run"], "long": ["long"]}.get(args.setting, ["run", "long"])
+    )
     rows = [row for s in settings for row in measure(model, name, s == "long", args.dtype)]
     print(f"\nmodel {name or 'smollm2'}, {args.dtype}, masks at forget {FORGET_RATIO} / unlearned "
           f"{MASK_RATIO}")  # fmt: skip

@@ -576,13 +576,14 @@ def stage_memory(
     pool, total = counts["layer_matrices"], counts["total"]
     weights = s * total
     accelerator = not device.startswith("cpu")
-    snapshot = weights if experiment else 0
-    clue_masks = 2 * pool if experiment else 0
-    # On an accelerator the snapshot and the masks live in host memory (WeightSnapshot, Mask).
-    host = snapshot + clue_masks if accelerator else 0
-    if accelerator:
-        snapshot = clue_masks = 0
-    baseline_masks = {"pool": 0 if accelerator else pool, "total": 0 if accelerator else total}
+
+    def resident(nbytes: int) -> tuple[int, int]:
+        """(device, host) bytes of what the run keeps in host memory on an accelerator: the
+        snapshot (``WeightSnapshot``) and every mask (``Mask``)."""
+        return (0, nbytes) if accelerator else (nbytes, 0)
+
+    snapshot, snapshot_host = resident(weights if experiment else 0)
+    clue_masks, clue_masks_host = resident(2 * pool if experiment else 0)
     p_len = prompt_len or seq_len
     e_len = eval_seq_len or seq_len
     f_elems = round(forget_ratio * pool)
@@ -604,8 +605,10 @@ def stage_memory(
         """int32 positions: none when the whole pool is masked."""
         return 0 if ratio == 1.0 else round((1.0 - whole) * elements)
 
-    def on_host(st: StageEstimate, extra: int = 0) -> StageEstimate:
-        return replace(st, host=st.host + host + (extra if accelerator else 0))
+    def on_host(st: StageEstimate, own_masks: int = 0) -> StageEstimate:
+        """Add the host memory of the snapshot, CLUE's masks and the stage's own mask."""
+        host = snapshot_host + clue_masks_host + resident(own_masks)[1]
+        return replace(st, host=st.host + host)
 
     stages = [
         on_host(_attribution(m, s, attribution_batch, p_len, trained, clue_masks)),
@@ -621,9 +624,9 @@ def stage_memory(
                            accelerator)),
             on_host(train("train: baseline mask (random / WAGLE / nodes)", "same ratio as CLUE",
                           u_elems, partial(u_elems, mask_ratio),
-                          masks=clue_masks + baseline_masks["pool"]), pool),
+                          masks=clue_masks + resident(pool)[0]), pool),
             on_host(train("train: all weights", "dense AdamW over every parameter", total, 0,
-                          grad_elements=total, masks=clue_masks + baseline_masks["total"],
+                          grad_elements=total, masks=clue_masks + resident(total)[0],
                           all_weights=True), total),
         ]  # fmt: skip
     stages.append(on_host(_evaluation(m, s, eval_batch, e_len, trained, clue_masks)))
@@ -732,14 +735,14 @@ def _wagle(
     start = _training_phases(m, s, [(batch, seq_len)], grads=0, step=0, checkpointing=False,
                              attention="sdpa", all_weights=False)["backward start"]  # fmt: skip
     note = "gradients of forget and retain loss, then top-k"
+    topk = (4 + 1) * pool + 12 * elements  # float32 concatenation, keep vector, topk's output
+    topk_device, host = (0, topk) if accelerator else (topk, 0)
     options = [
         {"gradients": 2 * s * pool, "activations": start["activations"]},
         {"gradients": 3 * s * pool, "buffers": 2 * s * _largest_matrix(m)},
-        {"buffers": (s + (0 if accelerator else 4 + 1)) * pool + (0 if accelerator else 12)
-         * elements},
-    ]  # fmt: skip
+        {"buffers": s * pool + topk_device},
+    ]
     top = max(options, key=lambda parts: sum(parts.values()))
-    host = (4 + 1) * pool + 12 * elements if accelerator else 0
     return _estimate("mask: WAGLE scores", note, host=host, weights=weights,
                      **(top | {"buffers": masks + top.get("buffers", 0)}))  # fmt: skip
 
